@@ -1,0 +1,561 @@
+"""The engine: builds rollout trees with targeted rollouts and scores teachers on them.
+
+``Engine.build_tree`` runs method.md steps 1-6 for one question: base rollouts, one teacher-forced
+pass per model per rollout, analysis nodes in exponential depth windows chosen by priority,
+candidates, forced continuations under a budget, and optional adaptive allocation.
+``Engine.score_tree`` turns a tree into per-node :class:`AlignmentRecord` s for any teachers and
+methods: S(u), p~ and q~, the ideal update g*, each method's update d, cos(g*, d), teacher
+advantage and diagnostics. Every random choice derives from the run's seed.
+
+The engine works on token ids through a backend; it never sees protobuf, storage or threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import gradients as G
+from .backends import Backend, BranchRequest, CancelToken, load_backend
+from .config import AnalysisConfig, RolloutConfig, RunConfig, SamplingConfig, canonical_method
+from .data import Question
+from .errors import BudgetError, ConfigError, NotFoundError
+from .prompts import render_prompt, render_user_message
+from .records import AlignmentRecord, Candidate, Diagnostics, SkipReason
+from .stats import success_interval
+from .teachers import SUMMARY_PROMPT, Teacher, check_tokenizer_compatibility
+from .tree import AnalysisNode, Continuation, Rollout, RolloutTree, TreeSummary
+from .verifiers import get_verifier
+
+__all__ = ["Engine", "ModelEntry", "derive_seed", "depth_windows", "ProgressFn"]
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+SCHEMA = "gradalign-tree-v1"
+_SCORE_GROUP = 4  # rollouts scored per backend call: bounds [T, vocab] tensors held at once
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from the run seed and a path of names: independent streams, stable across runs."""
+    digest = hashlib.sha256(json.dumps(parts, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def depth_windows(length: int) -> list[tuple[int, int]]:
+    """Exponentially growing windows [0,1), [1,3), [3,7), ... covering depths 0..length-1."""
+    windows, start, width = [], 0, 1
+    while start < length:
+        windows.append((start, min(start + width, length)))
+        start, width = start + width, width * 2
+    return windows
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A resident model as ListModels reports it."""
+
+    name: str
+    role: str  # "student" or "teacher"
+    kind: str  # "student", "self" or "external"
+    context: str  # self-distillation context kind, "" otherwise
+    backend: str
+    dtype: str
+    device: str
+    tokenizer_hash: str
+    model_hash: str
+
+
+@dataclass
+class _RolloutScores:
+    """What one teacher-forced pass leaves behind: full rows at chosen depths, sampled log-probs."""
+
+    rows: dict[int, torch.Tensor]  # depth -> log-probs over the vocabulary
+    sampled: torch.Tensor  # [T] log-prob of the rollout's own token at each depth
+
+
+class Engine:
+    """Student and teachers resident in memory; builds trees and scores teachers."""
+
+    def __init__(self, config: RunConfig, *, backends: Mapping[str, Backend] | None = None):
+        backends = dict(backends or {})
+        self.config = config
+        self.student: Backend = backends.pop("student", None) or load_backend(config.student)
+        self.teachers: dict[str, Teacher] = {}
+        self._summaries: dict[tuple[str, str, str], str] = {}
+        self._screens: dict[tuple[str, str, str], bool] = {}
+        for spec in config.teachers:
+            if spec.kind == "self":
+                backend = self.student
+            else:
+                backend = backends.pop(spec.name, None) or load_backend(spec.model)
+                check_tokenizer_compatibility(self.student.tokenizer, backend.tokenizer, spec.name)
+            self.teachers[spec.name] = Teacher(spec, backend, config.prompt, summarize=self._summarizer(spec))
+
+    # ------------------------------------------------------------------ inventory
+    def list_models(self) -> list[ModelEntry]:
+        info = self.student.info
+        out = [ModelEntry(info.name, "student", "student", "", info.backend, info.dtype, info.device, info.tokenizer_hash, info.model_hash)]
+        for t in self.teachers.values():
+            ti = t.backend.info
+            out.append(ModelEntry(t.name, "teacher", t.spec.kind, t.spec.context if t.is_self else "", ti.backend, ti.dtype, ti.device, ti.tokenizer_hash, ti.model_hash))
+        return out
+
+    def receipt(self) -> dict:
+        """Model and tokenizer hashes, dtype, backend, versions and every setting of this engine."""
+        import transformers
+
+        from . import __version__
+
+        return {
+            "gradalign": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "student": asdict(self.student.info),
+            "teachers": {n: {"spec": asdict(t.spec), "model": asdict(t.backend.info)} for n, t in self.teachers.items()},
+            "config": self.config.to_dict(),
+        }
+
+    def close(self) -> None:
+        seen = set()
+        for backend in [self.student] + [t.backend for t in self.teachers.values()]:
+            if id(backend) not in seen:
+                seen.add(id(backend))
+                backend.close()
+
+    def _teacher(self, name: str) -> Teacher:
+        if name not in self.teachers:
+            raise NotFoundError("teacher", name, sorted(self.teachers))
+        return self.teachers[name]
+
+    # ------------------------------------------------------------------ tree identity
+    def tree_id(
+        self,
+        question: Question,
+        rollouts: RolloutConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        seed: int | None = None,
+        target_teachers: Sequence[str] | None = None,
+    ) -> str:
+        """Content address of a tree: question, student, prompt, settings, seed and target teachers."""
+        settings = self._settings(question, rollouts, sampling, seed, target_teachers)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def _settings(self, question, rollouts, sampling, seed, target_teachers) -> dict:
+        rollouts = rollouts or self.config.rollouts
+        sampling = sampling or self.config.sampling
+        seed = self.config.seed if seed is None else seed
+        targets = self._targets(target_teachers)
+        return {
+            "schema": SCHEMA,
+            "question": question.to_dict(),
+            "student": {"model_hash": self.student.info.model_hash, "tokenizer_hash": self.student.info.tokenizer_hash,
+                        "dtype": self.student.info.dtype, "backend": self.student.info.backend},
+            "prompt": asdict(self.config.prompt),
+            "rollouts": asdict(rollouts),
+            "sampling": asdict(sampling),
+            "seed": seed,
+            "target_teachers": {n: {"spec": asdict(self.teachers[n].spec), "model_hash": self.teachers[n].backend.info.model_hash} for n in targets},
+            "jsd_beta": self.config.analysis.jsd_beta,
+            "teacher_temperature": self.config.analysis.teacher_temperature,
+        }
+
+    def _targets(self, target_teachers: Sequence[str] | None) -> list[str]:
+        if target_teachers is None:
+            return list(self.teachers)
+        for name in target_teachers:
+            self._teacher(name)
+        return list(dict.fromkeys(target_teachers))
+
+    # ------------------------------------------------------------------ helpers
+    def _verify(self, question: Question, tokens: Sequence[int], tokenizer) -> tuple[bool, str, str | None]:
+        text = tokenizer.decode(list(tokens), skip_special_tokens=True)
+        options = dict(question.extra.get("verifier_options", {}) or {}) if question.extra else {}
+        result = get_verifier(question.verifier, **options).check(text, question)
+        return bool(result.correct), text, result.extracted
+
+    def _summarizer(self, spec) -> Callable[[str, str], str]:
+        def summarize(question_id: str, solution: str) -> str:
+            author = spec.summarizer
+            backend = self.student if author == "student" else self.teachers[author].backend
+            key = (author, question_id, hashlib.sha256(solution.encode()).hexdigest())
+            if key not in self._summaries:
+                prompt = render_user_message(backend.tokenizer, SUMMARY_PROMPT.format(solution=solution), self.config.prompt)
+                out = backend.generate([BranchRequest(prefix=tuple(prompt), n=1, max_new_tokens=96, seed=0)], temperature=0.0)
+                self._summaries[key] = backend.tokenizer.decode(out[0][0], skip_special_tokens=True).strip()
+            return self._summaries[key]
+
+        return summarize
+
+    def _passes_screen(self, teacher: Teacher, tree: RolloutTree, prompt: list[int], sampling: SamplingConfig) -> bool:
+        """Whether the teacher, answering greedily with its context, solves the question."""
+        key = (teacher.name, tree.tree_id, hashlib.sha256(json.dumps(prompt).encode()).hexdigest())
+        if key not in self._screens:
+            req = BranchRequest(prefix=tuple(prompt), n=1, max_new_tokens=sampling.max_new_tokens, seed=0)
+            tokens = teacher.backend.generate([req], temperature=0.0)[0][0]
+            self._screens[key] = self._verify(tree.question, tokens, teacher.backend.tokenizer)[0]
+        return self._screens[key]
+
+    def _teacher_prompts(self, teacher: Teacher, tree: RolloutTree, indices: Iterable[int], sampling: SamplingConfig):
+        prompts: dict[int, list[int] | None] = {}
+        reasons: dict[int, str] = {}
+        for i in indices:
+            if not teacher.is_self:
+                prompts[i] = list(tree.prompt_ids)
+                continue
+            ids, reason = teacher.prompt_ids(tree, i)
+            if ids is not None and teacher.spec.screen and not self._passes_screen(teacher, tree, ids, sampling):
+                ids, reason = None, SkipReason.SCREENED_OUT
+            prompts[i] = ids
+            if reason:
+                reasons[i] = reason
+        return prompts, reasons
+
+    def _score_pass(
+        self, backend: Backend, prompts: Mapping[int, list[int] | None], tree: RolloutTree, temperature: float,
+        cancel: CancelToken | None, keep_rows: Callable[[int, torch.Tensor], Iterable[int]],
+        on_full: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> dict[int, _RolloutScores]:
+        """One teacher-forced pass per rollout; keeps only the rows ``keep_rows`` asks for."""
+        out: dict[int, _RolloutScores] = {}
+        todo = [i for i, p in prompts.items() if p is not None and tree.rollouts[i].tokens]
+        for start in range(0, len(todo), _SCORE_GROUP):
+            group = todo[start: start + _SCORE_GROUP]
+            logps = backend.score([prompts[i] for i in group], [tree.rollouts[i].tokens for i in group], temperature=temperature, cancel=cancel)
+            for i, lp in zip(group, logps):
+                tokens = torch.tensor(tree.rollouts[i].tokens)
+                sampled = lp.gather(1, tokens[:, None]).squeeze(1).clone()
+                if on_full is not None:
+                    on_full(i, lp)
+                out[i] = _RolloutScores(rows={t: lp[t].clone() for t in keep_rows(i, lp)}, sampled=sampled)
+        return out
+
+    # ------------------------------------------------------------------ BuildTree
+    def build_tree(
+        self,
+        question: Question,
+        *,
+        rollouts: RolloutConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        seed: int | None = None,
+        target_teachers: Sequence[str] | None = None,
+        cancel: CancelToken | None = None,
+        progress: ProgressFn | None = None,
+    ) -> RolloutTree:
+        """Sample, choose analysis nodes and run targeted continuations for one question."""
+        rcfg = rollouts or self.config.rollouts
+        scfg = sampling or self.config.sampling
+        seed = self.config.seed if seed is None else seed
+        targets = self._targets(target_teachers)
+        get_verifier(question.verifier, **(dict(question.extra.get("verifier_options", {}) or {}) if question.extra else {}))
+        started = time.perf_counter()
+        generated_before = self.student.counters.snapshot()["generated_tokens"]
+        student, tok = self.student, self.student.tokenizer
+        settings = self._settings(question, rcfg, scfg, seed, targets)
+        tree_id = self.tree_id(question, rcfg, scfg, seed, targets)
+        prompt = render_prompt(tok, question, self.config.prompt)
+        report = progress or (lambda stage, done, total: None)
+        sample_kw = dict(temperature=scfg.temperature, top_p=scfg.top_p, top_k=scfg.top_k, cancel=cancel)
+
+        # Step 1: base rollouts, verified.
+        report("rollouts", 0, rcfg.num_rollouts)
+        base = student.generate(
+            [BranchRequest(prefix=tuple(prompt), n=rcfg.num_rollouts, max_new_tokens=scfg.max_new_tokens, seed=derive_seed(seed, tree_id, "base"))],
+            **sample_kw,
+        )[0]
+        rollouts_: list[Rollout] = []
+        for i, tokens in enumerate(base):
+            ok, text, extracted = self._verify(question, tokens, tok)
+            rollouts_.append(Rollout(index=i, tokens=list(tokens), text=text, correct=ok, extracted=extracted))
+        tree = RolloutTree(tree_id=tree_id, question=question, prompt_ids=list(prompt), rollouts=rollouts_, settings=settings)
+        report("rollouts", rcfg.num_rollouts, rcfg.num_rollouts)
+
+        # Steps 2-4: one pass per model per rollout -> priorities -> nodes -> candidates.
+        nodes = self._choose_nodes(tree, rcfg, scfg, seed, targets, cancel)
+        report("nodes", len(nodes), len(nodes))
+
+        # Step 5: forced continuations under the budget, highest priority first.
+        spent = 0
+        for node in sorted(nodes, key=lambda n: (-n.priority, n.rollout_index, n.depth)):
+            cost = len(node.candidates) * rcfg.continuations
+            if spent + cost > rcfg.max_continuations:
+                node.skip_reason = SkipReason.BUDGET_EXHAUSTED
+            else:
+                spent += cost
+        active = [n for n in nodes if n.skip_reason is None]
+        tree.continuations.extend(self._continue(tree, [(n, c, rcfg.continuations) for n in active for c in n.candidates], scfg, seed, cancel, adaptive=False))
+        report("continuations", len(active), len(nodes))
+
+        # Step 6: optional adaptive allocation.
+        if rcfg.adaptive_continuations > 0 and active:
+            self._adaptive(tree, active, rcfg, scfg, seed, cancel)
+        tree.nodes = sorted(nodes, key=lambda n: (n.rollout_index, n.depth))
+        correct = sum(r.correct for r in tree.rollouts)
+        tree.summary = TreeSummary(
+            tree_id=tree_id, question_id=question.id, rollouts=len(tree.rollouts), correct=correct,
+            accuracy=correct / max(len(tree.rollouts), 1),
+            nodes_analysed=sum(n.skip_reason is None for n in tree.nodes),
+            nodes_skipped=sum(n.skip_reason is not None for n in tree.nodes),
+            continuations=len(tree.continuations),
+            tokens_generated=self.student.counters.snapshot()["generated_tokens"] - generated_before,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return tree
+
+    def _choose_nodes(self, tree, rcfg: RolloutConfig, scfg: SamplingConfig, seed: int, targets: list[str], cancel) -> list[AnalysisNode]:
+        """Steps 2-4, a few rollouts at a time so that only a few [T, vocab] tensors live at once."""
+        beta = self.config.analysis.jsd_beta
+        k = rcfg.candidate_top_k
+        indices = [r.index for r in tree.rollouts if r.tokens]
+        rng = np.random.default_rng(derive_seed(seed, tree.tree_id, "uniform-priority"))
+        uniform = rcfg.priority == "uniform" or not targets
+        nodes: list[AnalysisNode] = []
+        for start in range(0, len(indices), _SCORE_GROUP):
+            group = indices[start: start + _SCORE_GROUP]
+            completions = {i: tree.rollouts[i].tokens for i in group}
+            logps = dict(zip(group, self.student.score([tree.prompt_ids] * len(group), [completions[i] for i in group],
+                                                       temperature=scfg.temperature, cancel=cancel)))
+            priority = {i: torch.zeros(len(completions[i]), dtype=torch.float64) for i in group}
+            pools = {i: [logps[i].topk(min(k, logps[i].shape[1]), dim=-1).indices] for i in group}
+            for name in targets:
+                teacher = self.teachers[name]
+                prompts, _ = self._teacher_prompts(teacher, tree, group, scfg)
+                have = [i for i in group if prompts[i] is not None]
+                if not have:
+                    continue
+                logqs = teacher.backend.score([prompts[i] for i in have], [completions[i] for i in have],
+                                              temperature=self.config.analysis.teacher_temperature, cancel=cancel)
+                for i, lq in zip(have, logqs):
+                    pools[i].append(lq.topk(min(k, lq.shape[1]), dim=-1).indices)
+                    if rcfg.priority == "gkd_norm":
+                        score = G.gkd_gradient_norms(logps[i], lq, beta)
+                    else:
+                        score = G.total_variation(logps[i], lq)
+                    priority[i] = torch.maximum(priority[i], score.to(torch.float64))
+            for i in group:
+                nodes.extend(self._nodes_on_path(i, completions[i], rng.random(len(completions[i])) if uniform else priority[i].numpy(),
+                                                 logps[i], pools[i], rcfg))
+        return nodes
+
+    @staticmethod
+    def _nodes_on_path(index: int, tokens: list[int], prio: np.ndarray, logp: torch.Tensor, pools: list[torch.Tensor], rcfg: RolloutConfig) -> list[AnalysisNode]:
+        """Up to nodes_per_window per depth window, at most nodes_per_path, with their candidates."""
+        chosen: list[tuple[float, int, int]] = []
+        for w, (lo, hi) in enumerate(depth_windows(len(tokens))):
+            order = sorted(range(lo, hi), key=lambda t: (-prio[t], t))[: rcfg.nodes_per_window]
+            chosen.extend((float(prio[t]), t, w) for t in order)
+        chosen = sorted(chosen, key=lambda c: (-c[0], c[1]))[: rcfg.nodes_per_path]
+        nodes = []
+        for score, t, w in sorted(chosen, key=lambda c: c[1]):
+            cands = [tokens[t]]  # the sampled token is always a candidate
+            for pool in pools:
+                for tokid in pool[t].tolist():
+                    if tokid not in cands and math.exp(float(logp[t, tokid])) >= rcfg.min_token_prob:
+                        cands.append(tokid)
+            nodes.append(AnalysisNode(rollout_index=index, depth=t, window=w, priority=score, candidates=cands))
+        return nodes
+
+    def _continue(self, tree: RolloutTree, work: list[tuple[AnalysisNode, int, int]], scfg: SamplingConfig, seed: int, cancel, adaptive: bool) -> list[Continuation]:
+        """Force each (node, candidate) and sample ``n`` continuations; verify them."""
+        student, tok = self.student, self.student.tokenizer
+        eos = student.eos_token_ids
+        requests, owners, out = [], [], []
+        for node, cand, n in work:
+            base = tree.rollouts[node.rollout_index]
+            remaining = scfg.max_new_tokens - node.depth - 1
+            if cand in eos or remaining <= 0:
+                # The completion ends at the forced token: its outcome is determined, no sampling needed.
+                ok, _, _ = self._verify(tree.question, base.tokens[: node.depth] + [cand], tok)
+                out.extend(Continuation(node.rollout_index, node.depth, cand, [], ok, adaptive) for _ in range(n))
+                continue
+            tag = len([o for o in owners if o[0] is node and o[1] == cand])  # distinct stream per extra round
+            requests.append(BranchRequest(
+                prefix=tuple(tree.prompt_ids) + tuple(base.tokens[: node.depth]), forced=(cand,), n=n, max_new_tokens=remaining,
+                seed=derive_seed(seed, tree.tree_id, node.rollout_index, node.depth, cand, adaptive, len(tree.continuations), tag),
+            ))
+            owners.append((node, cand))
+        results = student.generate(requests, temperature=scfg.temperature, top_p=scfg.top_p, top_k=scfg.top_k, cancel=cancel) if requests else []
+        for (node, cand), samples in zip(owners, results):
+            base = tree.rollouts[node.rollout_index]
+            for suffix in samples:
+                ok, _, _ = self._verify(tree.question, base.tokens[: node.depth] + [cand] + list(suffix), tok)
+                out.append(Continuation(node.rollout_index, node.depth, cand, list(suffix), ok, adaptive))
+        return out
+
+    def _adaptive(self, tree: RolloutTree, nodes: list[AnalysisNode], rcfg: RolloutConfig, scfg: SamplingConfig, seed: int, cancel) -> None:
+        """Method.md step 6: spend extra continuations where they most reduce the error of g*.
+
+        The error of g*_j = p~_j (v_j - v_bar) is dominated by p~_j^2 Var(v_j); one more sample of child
+        j lowers that variance by about p~_j^2 v_j (1 - v_j) / (n_j (n_j + 1)). Each round gives
+        ``adaptive_batch`` continuations to the children with the largest expected reduction.
+        """
+        left = rcfg.adaptive_continuations
+        probs = self._node_student_probs(tree, nodes, scfg)
+        while left > 0:
+            counter = tree.counter()
+            gains: list[tuple[float, int, int]] = []
+            for ni, node in enumerate(nodes):
+                prefix = tree.rollouts[node.rollout_index].tokens[: node.depth]
+                counts = {c.token_id: c for c in counter.children(prefix)}
+                cands = node.candidates
+                p = np.array([probs[ni][c] for c in cands], dtype=np.float64)
+                p = p / p.sum()
+                for j, c in enumerate(cands):
+                    n = counts[c].visits if c in counts else 0
+                    s = counts[c].successes if c in counts else 0
+                    v = (s + 0.5) / (n + 1.0)  # Jeffreys-smoothed, so unexplored children still score
+                    gains.append((p[j] ** 2 * v * (1 - v) / ((n + 1) * (n + 2)), ni, c))
+            gains.sort(key=lambda g: -g[0])
+            per_child = rcfg.adaptive_batch
+            picks = gains[: max(1, min(len(gains), left // per_child))]
+            work = []
+            for _, ni, c in picks:
+                n = min(per_child, left)
+                if n <= 0:
+                    break
+                work.append((nodes[ni], c, n))
+                left -= n
+            if not work:
+                break
+            tree.continuations.extend(self._continue(tree, work, scfg, seed, cancel, adaptive=True))
+
+    def _node_student_probs(self, tree: RolloutTree, nodes: list[AnalysisNode], scfg: SamplingConfig) -> list[dict[int, float]]:
+        want: dict[int, set[int]] = {}
+        for n in nodes:
+            want.setdefault(n.rollout_index, set()).add(n.depth)
+        scores = self._score_pass(self.student, {i: list(tree.prompt_ids) for i in want}, tree, scfg.temperature, None, lambda i, lp: sorted(want[i]))
+        return [{c: math.exp(float(scores[n.rollout_index].rows[n.depth][c])) for c in n.candidates} for n in nodes]
+
+    # ------------------------------------------------------------------ ScoreTeacher
+    def score_tree(
+        self,
+        tree: RolloutTree,
+        teachers: Sequence[str],
+        methods: Sequence[str],
+        *,
+        analysis: AnalysisConfig | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[AlignmentRecord]:
+        """Per-node alignment records of each teacher x method on ``tree``."""
+        acfg = analysis or self.config.analysis
+        methods = [canonical_method(m) for m in methods] or list(acfg.methods)
+        if not teachers:
+            raise ConfigError("teachers", list(teachers), "name at least one teacher")
+        for name in teachers:
+            self._teacher(name)
+        sampling = SamplingConfig(**tree.settings["sampling"]) if tree.settings.get("sampling") else self.config.sampling
+        rcfg = RolloutConfig(**tree.settings["rollouts"]) if tree.settings.get("rollouts") else self.config.rollouts
+        if tree.settings.get("student", {}).get("model_hash") not in (None, self.student.info.model_hash):
+            raise ConfigError("tree_id", tree.tree_id, "this tree was built by a different student model")
+        counter = tree.counter()
+        want: dict[int, list[int]] = {}
+        for node in tree.nodes:
+            want.setdefault(node.rollout_index, []).append(node.depth)
+        student = self._score_pass(self.student, {i: list(tree.prompt_ids) for i in want}, tree, sampling.temperature, cancel, lambda i, lp: want[i])
+        node_info = {id(n): self._node_support(tree, n, counter, rcfg, student[n.rollout_index]) for n in tree.nodes}
+        records: list[AlignmentRecord] = []
+        for name in teachers:
+            teacher = self.teachers[name]
+            prompts, reasons = self._teacher_prompts(teacher, tree, want, sampling)
+            scores = self._score_pass(teacher.backend, prompts, tree, acfg.teacher_temperature, cancel, lambda i, lq: want[i])
+            for node in tree.nodes:
+                i = node.rollout_index
+                records.extend(self._node_records(tree, node, node_info[id(node)], student[i], scores.get(i), reasons.get(i), name, methods, acfg))
+        return records
+
+    def _node_support(self, tree, node: AnalysisNode, counter, rcfg: RolloutConfig, student: _RolloutScores) -> dict:
+        tokens = tree.rollouts[node.rollout_index].tokens
+        children = {c.token_id: c for c in counter.children(tokens[: node.depth])}
+        order = list(node.candidates) + sorted(t for t in children if t not in node.candidates)
+        support = [t for t in order if t in children and children[t].visits >= rcfg.min_child_samples]
+        logp_row = student.rows[node.depth]
+        p_full = np.array([math.exp(float(logp_row[t])) for t in support], dtype=np.float64)
+        v = np.array([children[t].successes / children[t].visits for t in support], dtype=np.float64)
+        ideal = G.ideal_gradient(G.renormalize(p_full), v) if len(support) >= 2 and p_full.sum() > 0 else np.zeros(len(support))
+        return {"children": children, "order": order, "support": support, "p_full": p_full, "v": v, "ideal": ideal, "rcfg": rcfg}
+
+    def _node_records(self, tree, node, info, student: _RolloutScores, teacher: _RolloutScores | None, teacher_skip, name, methods, acfg) -> list[AlignmentRecord]:
+        rollout = tree.rollouts[node.rollout_index]
+        t, T = node.depth, len(rollout.tokens)
+        tok = self.student.tokenizer
+        children, support, rcfg = info["children"], info["support"], info["rcfg"]
+        sampled = rollout.tokens[t]
+        logp_row = student.rows[t]
+        logq_row = teacher.rows[t] if teacher is not None else None
+        p_tilde = G.renormalize(info["p_full"]) if len(support) >= 2 and info["p_full"].sum() > 0 else np.zeros(len(support))
+        q_full = np.array([math.exp(float(logq_row[x])) for x in support], dtype=np.float64) if logq_row is not None else np.zeros(len(support))
+        q_tilde = G.renormalize(q_full) if len(support) >= 2 and q_full.sum() > 0 else np.zeros(len(support))
+        renorm = {x: (float(p_tilde[j]), float(q_tilde[j])) for j, x in enumerate(support)}
+        candidates = []
+        for x in info["order"]:
+            c = children.get(x)
+            visits, succ = (c.visits, c.successes) if c else (0, 0)
+            lo, hi = success_interval(succ, visits, rcfg.interval, rcfg.confidence)
+            candidates.append(Candidate(
+                token_id=int(x), token_text=tok.decode([int(x)]), p=math.exp(float(logp_row[x])),
+                q=math.exp(float(logq_row[x])) if logq_row is not None else float("nan"),
+                p_renorm=renorm.get(x, (0.0, 0.0))[0], q_renorm=renorm.get(x, (0.0, 0.0))[1],
+                visits=visits, successes=succ, estimate=succ / visits if visits else float("nan"),
+                ci_low=float(lo), ci_high=float(hi), sampled=(x == sampled), forced=(x in node.candidates),
+                in_support=(x in renorm),
+            ))
+        ideal = info["ideal"]
+        ideal_norm = float(np.linalg.norm(ideal))
+        diagnostics = None
+        advantage = None
+        if logq_row is not None:
+            diagnostics = G.batched_diagnostics(logp_row[None, :], logq_row[None, :])[0]
+            if len(support) >= 2:
+                advantage = G.teacher_advantage(p_tilde, q_tilde, info["v"])
+        base_skip = node.skip_reason or teacher_skip
+        if base_skip is None and len(support) < 2:
+            base_skip = SkipReason.TOO_FEW_CANDIDATES
+        if base_skip is None and ideal_norm < acfg.min_ideal_norm:
+            base_skip = SkipReason.IDEAL_NORM_BELOW_THRESHOLD
+        out = []
+        for method in methods:
+            distill = np.zeros(len(support))
+            cosine = None
+            skip = base_skip
+            if logq_row is not None and len(support) >= 2 and teacher_skip is None:
+                j = support.index(sampled) if sampled in support else None
+                adv = float(teacher.sampled[t] - student.sampled[t])
+                rtg = None
+                if method == "minillm":
+                    ratios = (teacher.sampled - student.sampled).numpy().astype(np.float64)
+                    rtg = float(G.minillm_returns(ratios, acfg.minillm_gamma, acfg.minillm_length_norm, acfg.minillm_single_step)[t])
+                if method in ("single_sample", "minillm") and j is None:
+                    skip = skip or SkipReason.TOO_FEW_CANDIDATES
+                else:
+                    distill = G.direction(method, p_tilde, q_tilde, sampled_index=j, advantage=adv, return_to_go=rtg,
+                                          jsd_beta=acfg.jsd_beta, single_step=acfg.minillm_single_step)
+                if skip is None:
+                    cosine = G.cosine(ideal, distill)
+                    if cosine is None:
+                        skip = SkipReason.ZERO_DISTILL_NORM
+            out.append(AlignmentRecord(
+                question_id=tree.question.id, tree_id=tree.tree_id, rollout_index=node.rollout_index,
+                rollout_correct=rollout.correct, depth=t, path_length=T, normalized_depth=t / T if T else 0.0,
+                teacher=name, method=method, candidates=candidates, ideal=[float(x) for x in ideal],
+                distill=[float(x) for x in distill], cosine=cosine if skip is None else None, skip_reason=skip,
+                ideal_norm=ideal_norm, distill_norm=float(np.linalg.norm(distill)),
+                teacher_advantage=None if advantage is None else float(advantage), diagnostics=diagnostics,
+                sampled_token_id=int(sampled),
+                prefix_token_ids=list(rollout.tokens[:t]) if acfg.include_prefix_ids else None,
+            ))
+        return out
+
+
+def check_budget(rollouts: RolloutConfig, sampling: SamplingConfig, max_tokens: int) -> None:
+    """Refuse a request whose worst-case generated tokens exceed ``max_tokens`` (RESOURCE_EXHAUSTED)."""
+    worst = (rollouts.num_rollouts + rollouts.max_continuations + rollouts.adaptive_continuations) * sampling.max_new_tokens
+    if worst > max_tokens:
+        raise BudgetError(
+            f"worst case {worst} generated tokens (num_rollouts + max_continuations + adaptive_continuations) x max_new_tokens "
+            f"exceeds the server's limit of {max_tokens}"
+        )

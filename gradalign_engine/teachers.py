@@ -1,0 +1,141 @@
+"""Teachers: external models sharing the student's tokenizer, and self-distillation contexts.
+
+A teacher turns (question, tree, rollout) into a prompt before the student's completion tokens.
+A self-distillation teacher is the student's backend with a context (a correct demonstration,
+correct and wrong demonstrations, a summary, or a user template); an external teacher is another
+backend whose tokenizer must match the student's exactly (vocabulary, special tokens, chat
+template), else :class:`TokenizerMismatchError` says what differs.
+
+Knows prompts and backends; knows nothing of gradients, storage or gRPC.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Callable
+
+from .config import PromptConfig, TeacherSpec
+from .data import Question
+from .errors import TokenizerMismatchError
+from .prompts import render_prompt
+from .records import SkipReason
+from .tree import RolloutTree
+
+__all__ = ["check_tokenizer_compatibility", "TeacherContext", "Teacher", "DEFAULT_WORDING"]
+
+DEFAULT_WORDING = {
+    "correct_demo": "Here is a correct solution to the problem below:\n{solution}",
+    "correct_and_wrong": (
+        "Here is a correct solution to the problem below:\n{solution}\n\n"
+        "Here is a wrong solution to the same problem (do not follow it):\n{wrong}"
+    ),
+    "summary": "Here is a summary of a correct solution to the problem below:\n{summary}",
+}
+SUMMARY_PROMPT = "Summarize the key steps of this solution in one or two sentences.\n\nSolution:\n{solution}"
+
+
+def check_tokenizer_compatibility(student_tok, teacher_tok, teacher_name: str) -> None:
+    """Refuse a teacher whose tokenizer differs from the student's; the message lists what differs."""
+    problems = []
+    sv, tv = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if sv != tv:
+        only_s = sorted(set(sv) - set(tv))[:3]
+        only_t = sorted(set(tv) - set(sv))[:3]
+        moved = sorted(k for k in set(sv) & set(tv) if sv[k] != tv[k])[:3]
+        problems.append(
+            f"vocabulary ({len(sv)} vs {len(tv)} tokens; only in student: {only_s}, only in teacher: {only_t}, different ids: {moved})"
+        )
+    for attr in ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id"):
+        a, b = getattr(student_tok, attr, None), getattr(teacher_tok, attr, None)
+        if a != b:
+            problems.append(f"{attr} ({a} vs {b})")
+    st, tt = getattr(student_tok, "chat_template", None) or "", getattr(teacher_tok, "chat_template", None) or ""
+    if st != tt:
+        problems.append("chat template (the rendered prompts would differ)")
+    if problems:
+        raise TokenizerMismatchError(
+            f"teacher {teacher_name!r} does not share the student's tokenizer: " + "; ".join(problems)
+        )
+
+
+@dataclass(frozen=True)
+class TeacherContext:
+    """The context text for one rollout, or why there is none."""
+
+    text: str | None
+    skip_reason: str | None = None
+
+
+class Teacher:
+    """One configured teacher: its backend, and how it builds its prompt for a rollout."""
+
+    def __init__(self, spec: TeacherSpec, backend, prompt: PromptConfig, summarize: Callable[[str, str], str] | None = None):
+        self.spec = spec
+        self.backend = backend
+        self.prompt = prompt
+        self._summarize = summarize  # (question_id, solution) -> summary, for the 'summary' context
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def is_self(self) -> bool:
+        return self.spec.kind == "self"
+
+    # ------------------------------------------------------------------ contexts
+    def _demo(self, question: Question, tree: RolloutTree, rollout_index: int) -> str | None:
+        if self.spec.prefer_dataset_solution and question.solution:
+            return question.solution
+        # A verified-correct student rollout; another one than the scored rollout when possible.
+        correct = [r for r in tree.rollouts if r.correct]
+        others = [r for r in correct if r.index != rollout_index]
+        pick = (others or correct or [None])[0]
+        if pick is not None:
+            return _strip_special(pick.text, self.backend.tokenizer)
+        return question.solution
+
+    def _wrong(self, tree: RolloutTree, rollout_index: int) -> str | None:
+        wrong = [r for r in tree.rollouts if not r.correct]
+        others = [r for r in wrong if r.index != rollout_index]
+        pick = (others or wrong or [None])[0]
+        return _strip_special(pick.text, self.backend.tokenizer) if pick is not None else None
+
+    def context(self, tree: RolloutTree, rollout_index: int) -> TeacherContext:
+        """The context for scoring base rollout ``rollout_index`` of ``tree`` (None for external teachers)."""
+        if not self.is_self:
+            return TeacherContext(text=None)
+        question = tree.question
+        kind = self.spec.context
+        values: dict[str, str | None] = {"question": question.question, "answer": question.answer}
+        values["solution"] = self._demo(question, tree, rollout_index)
+        if kind in ("correct_and_wrong", "template"):
+            values["wrong"] = self._wrong(tree, rollout_index)
+        if kind == "summary":
+            supplied = question.extra.get(self.spec.summary_field) if question.extra else None
+            if supplied:
+                values["summary"] = str(supplied)
+            elif values["solution"] and self._summarize is not None:
+                values["summary"] = self._summarize(question.id, values["solution"])
+            else:
+                values["summary"] = None
+        template = self.spec.template or DEFAULT_WORDING.get(kind, "")
+        needed = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        missing = sorted(n for n in needed if not values.get(n))
+        if missing:
+            return TeacherContext(text=None, skip_reason=SkipReason.NO_CONTEXT)
+        return TeacherContext(text=template.format(**{k: v or "" for k, v in values.items()}))
+
+    def prompt_ids(self, tree: RolloutTree, rollout_index: int) -> tuple[list[int] | None, str | None]:
+        """Token ids before the student's completion, or (None, skip reason)."""
+        ctx = self.context(tree, rollout_index)
+        if ctx.skip_reason:
+            return None, ctx.skip_reason
+        return render_prompt(self.backend.tokenizer, tree.question, self.prompt, context=ctx.text), None
+
+
+def _strip_special(text: str, tokenizer) -> str:
+    for tok in getattr(tokenizer, "all_special_tokens", []) or []:
+        text = text.replace(tok, "")
+    return text.strip()

@@ -1,0 +1,593 @@
+"""Verifiers: answer extraction, comparison, the registry, and every reference solution in the
+shared datasets (skipped when /work/shared/data is absent)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from gradalign_engine import verifiers
+from gradalign_engine.data import Question, bundled_dataset_path, load_questions
+from gradalign_engine.verifiers import (
+    ChoiceVerifier,
+    NumericVerifier,
+    UnknownVerifierError,
+    Verifier,
+    VerifierError,
+    VerifyResult,
+    extract_number,
+    get_verifier,
+    normalize_text,
+    register_verifier,
+    verifier_names,
+    verify,
+)
+
+SHARED_DATA = Path("/work/shared/data")
+
+
+def q(answer: str, verifier: str = "numeric", choices: tuple[str, ...] = (), qid: str = "q1") -> Question:
+    return Question(id=qid, question="?", answer=answer, verifier=verifier, choices=choices)
+
+
+def check(name: str, completion: str, question: Question, **options) -> VerifyResult:
+    return get_verifier(name, **options).check(completion, question)
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    """Plug-ins registered by a test vanish after it."""
+    monkeypatch.setattr(verifiers, "_REGISTRY", dict(verifiers._REGISTRY))
+
+
+# ----------------------------------------------------------------------------------------------
+# numeric
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("The answer is 42.", "42"),
+        ("so 3 + 4 = 7. The answer is 7", "7"),
+        ("Answer: 12", "12"),
+        ("answer: 12 apples", "12"),
+        ("**Answer:** 12", "12"),
+        ("The final answer is 5", "5"),
+        ("#### 18", "18"),  # GSM8K's original marker
+        ("He has 3 apples, then 5, then 9", "9"),  # last number fallback
+        ("The answer is $1,000.", "1000"),
+        ("It costs $1,234,567.50 in total", "1234567.50"),
+        ("The answer is -5.", "-5"),
+        ("The temperature fell to -12 degrees", "-12"),
+        ("16-3-4=9", "9"),
+        ("the answer is \u22123", "-3"),  # unicode minus
+        ("The answer is -$5", "-5"),
+        ("The answer is 9.80.", "9.80"),
+        ("The answer is .5", ".5"),
+        ("The answer is 3/4.", "3/4"),
+        ("It was 25%", "25"),
+        ("\\boxed{18}", "18"),
+        ("I think 7. \\boxed{18} but the answer is 20", "18"),  # \boxed beats answer phrases
+        ("\\boxed{\\frac{3}{4}}", "3/4"),
+        ("\\boxed{-\\dfrac{1}{2}}", "-1/2"),
+        ("\\boxed{1{,}000}", "1000"),
+        ("\\boxed{x} so the answer is 4", "4"),  # a boxed without a number is skipped
+        ("\\boxed{1} then \\boxed{2}", "2"),  # the last boxed wins
+        ("The answer is 3. Wait, no. The answer is 5.", "5"),  # last phrase wins
+        ("The answer is 5. I checked 2 + 2 = 4 twice.", "5"),  # phrase beats a later number
+        ("The answer is unclear, let me count: 6", "6"),  # phrase without a number falls through
+        ("The answer is 3 + 4 = 7", "7"),
+        ("She makes 9 * 2 = $<<9*2=18>>18 every day", "18"),  # GSM8K calculator annotations
+        ("Answer: 10km", "10"),
+        ("no digits here", None),
+        ("", None),
+    ],
+)
+def test_extract_number(completion, expected):
+    assert extract_number(completion) == expected
+
+
+@pytest.mark.parametrize(
+    "completion, reference, correct",
+    [
+        ("The answer is 4.", "4", True),
+        ("The answer is 4.0", "4", True),
+        ("The answer is 4", "4.0", True),
+        ("The answer is 9.8", "9.80", True),
+        ("The answer is 9.80", "9.8", True),
+        ("The answer is 1,000", "1000", True),
+        ("The answer is 1000", "1,000", True),
+        ("The answer is $5", "$5", True),
+        ("The answer is 3/4", "0.75", True),
+        ("The answer is 0.75", "3/4", True),
+        ("The answer is 5/6", "0.8333333333333334", True),
+        ("The answer is 0.8333333", "0.8333333333333334", True),  # within 1e-6
+        ("The answer is 0.83", "0.8333333333333334", False),
+        ("The answer is 3/4", "4", False),  # a fraction is read whole, never as its denominator
+        ("The answer is 1/0", "0", False),  # zero denominator: extracted but not a number
+        ("The answer is -7", "-7", True),
+        ("The answer is 7", "-7", False),
+        ("The answer is 5", "4", False),
+        ("The answer is 4.000001", "4", True),  # abs 1e-6
+        ("The answer is 4.00001", "4", False),
+        ("The answer is 1000001", "1000000", True),  # rel 1e-6
+        ("The answer is 1000002", "1000000", False),
+        ("nothing", "4", False),
+        ("The answer is 4.", " 4 ", True),
+        ("The answer is 50", "50%", True),
+        ("The answer is 18.", "18.", True),
+    ],
+)
+def test_numeric_verifier(completion, reference, correct):
+    result = check("numeric", completion, q(reference))
+    assert result.correct is correct
+
+
+def test_numeric_result_carries_extracted_answer():
+    assert check("numeric", "The answer is 1,000.", q("1000")) == VerifyResult(True, "1000")
+    assert check("numeric", "no number", q("1000")) == VerifyResult(False, None)
+
+
+def test_numeric_tolerance_options():
+    loose = get_verifier("numeric", abs_tol=0.01)
+    assert loose.check("The answer is 0.83", q("0.8333333333333334")).correct
+    assert not get_verifier("numeric").check("The answer is 0.83", q("0.8333333333333334")).correct
+    strict = get_verifier("numeric", abs_tol=0.0, rel_tol=0.0)
+    assert strict.check("The answer is 4.0", q("4")).correct
+    assert not strict.check("The answer is 4.000001", q("4")).correct
+
+
+@pytest.mark.parametrize("option, value", [("abs_tol", -1.0), ("rel_tol", float("nan")), ("abs_tol", "0.1"), ("rel_tol", True)])
+def test_numeric_bad_tolerance_names_option_and_value(option, value):
+    with pytest.raises(VerifierError, match=rf"numeric\.{option}=.*{re.escape(repr(value))}"):
+        get_verifier("numeric", **{option: value})
+
+
+@pytest.mark.parametrize("answer", ["four", "4 apples", "1/2/3", "yes"])
+def test_numeric_non_numeric_reference_names_question_and_answer(answer):
+    with pytest.raises(VerifierError) as info:
+        check("numeric", "The answer is 4", q(answer, qid="item-7"))
+    assert info.value.field_name == "answer"
+    assert repr(answer) in str(info.value) and "item-7" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# choice
+# ----------------------------------------------------------------------------------------------
+
+CHOICES = ("red giant", "white dwarf", "neutron star", "black hole")
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("The answer is (B)", "B"),
+        ("The answer is (B).", "B"),
+        ("The answer is B.", "B"),
+        ("Answer: B", "B"),
+        ("answer: (B)", "B"),
+        ("**Answer:** B", "B"),
+        ("The correct answer is option C", "C"),
+        ("B)", "B"),
+        ("(B)", "B"),
+        ("**B**", "B"),
+        ("**(D)**", "D"),
+        ("B", "B"),
+        ("b", "B"),
+        ("  C.  ", "C"),
+        ("Let me think about stars.\nD", "D"),  # a lone letter on its own line
+        ("I first thought (A). Answer: C", "C"),  # an answer phrase beats a marked letter
+        ("The answer is A. No wait, the answer is D.", "D"),  # last explicit answer wins
+        ("A) red giant\nB) white dwarf\nThe answer is C", "C"),
+        ("white dwarf", "B"),  # exact choice text
+        ("The answer is black hole.", "D"),
+        ("The answer is **Neutron Star**", "C"),
+        ("It is a star of some kind", None),
+        ("The answer is a white one", None),  # the article "a" is not a letter
+        ("The answer is F", None),  # not a letter of a 4-way question
+        ("", None),
+    ],
+)
+def test_choice_extraction(completion, expected):
+    verifier = get_verifier("choice")
+    assert verifier.extract(completion, q("B", "choice", CHOICES)) == expected
+
+
+def test_choice_correctness():
+    question = q("B", "choice", CHOICES)
+    assert check("choice", "The answer is (B)", question) == VerifyResult(True, "B")
+    assert check("choice", "The answer is (C)", question) == VerifyResult(False, "C")
+    assert check("choice", "white dwarf", question).correct
+    assert not check("choice", "red giant", question).correct
+    assert check("choice", "nothing useful", question) == VerifyResult(False, None)
+
+
+def test_choice_without_listed_choices_uses_letters_a_to_e():
+    question = q("E", "choice")
+    assert check("choice", "The answer is E", question).correct
+    assert check("choice", "Answer: (F)", question).extracted is None
+    # A five-way question accepts E, a four-way one does not.
+    five = q("E", "choice", CHOICES + ("pulsar",))
+    assert check("choice", "The answer is E", five).correct
+    assert check("choice", "pulsar", five).correct
+
+
+def test_choice_bad_reference_names_answer():
+    with pytest.raises(VerifierError, match=r"answer='maybe'.*'q1'"):
+        check("choice", "A", q("maybe", "choice"))
+
+
+# ----------------------------------------------------------------------------------------------
+# yesno
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("Yes.", "yes"),
+        ("no", "no"),
+        ("NO, it is not.", "no"),
+        ("True", "yes"),
+        ("false", "no"),
+        ("Yes, because... so the answer is no.", "no"),  # the answer phrase wins
+        ("The answer is: **Yes**", "yes"),
+        ("Answer: false", "no"),
+        ("The answer is yes. Later I say no.", "yes"),
+        ("The answer is no. Actually the answer is yes.", "yes"),  # last phrase
+        ("Well, yes and no", "yes"),  # first word without a phrase
+        ("Nobody knows; notably not", None),  # no whole word
+        ("", None),
+    ],
+)
+def test_yesno_extraction(completion, expected):
+    assert get_verifier("yesno").extract(completion) == expected
+
+
+@pytest.mark.parametrize(
+    "completion, reference, correct",
+    [
+        ("Yes", "yes", True),
+        ("Yes", "true", True),
+        ("True", "yes", True),
+        ("No", "false", True),
+        ("no", "No", True),
+        ("Yes", "no", False),
+        ("I cannot tell", "no", False),
+    ],
+)
+def test_yesno_correctness(completion, reference, correct):
+    assert check("yesno", completion, q(reference, "yesno")).correct is correct
+
+
+def test_yesno_bad_reference_names_answer():
+    with pytest.raises(VerifierError, match=r"answer='maybe'"):
+        check("yesno", "yes", q("maybe", "yesno"))
+
+
+# ----------------------------------------------------------------------------------------------
+# exact
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("  Paris. ", "paris"),
+        ("New   York\nCity!", "new york city"),
+        ("**Paris**.", "paris"),
+        ('"Paris"', "paris"),
+        ("STRASSE", "strasse"),
+        ("Straße", "strasse"),  # casefold, not lower
+        ("...", ""),
+    ],
+)
+def test_normalize_text(text, expected):
+    assert normalize_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "completion, reference, correct",
+    [
+        ("Paris", "Paris", True),
+        ("  paris. ", "Paris", True),
+        ("The capital is Paris. The answer is Paris.", "paris", True),
+        ("The answer is:\nParis", "Paris", True),
+        ("Answer: New  York", "new york", True),
+        ("The answer is Paris.\nHope that helps!", "Paris", True),
+        ("I think it is Paris", "Paris", False),  # no phrase: the whole completion must match
+        ("The answer is Lyon", "Paris", False),
+        ("", "Paris", False),
+    ],
+)
+def test_exact_verifier(completion, reference, correct):
+    assert check("exact", completion, q(reference, "exact")).correct is correct
+
+
+def test_exact_extracted_is_the_final_answer_text():
+    assert check("exact", "Reasoning. The answer is Paris.", q("Paris", "exact")).extracted == "Paris."
+    assert check("exact", "   ", q("Paris", "exact")) == VerifyResult(False, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# regex
+# ----------------------------------------------------------------------------------------------
+
+
+def test_regex_plain_match():
+    verifier = get_verifier("regex", pattern=r"\bphotosynthesis\b")
+    assert verifier.check("It is photosynthesis.", q("unused", "regex")) == VerifyResult(True, "photosynthesis")
+    assert verifier.check("It is respiration.", q("unused", "regex")) == VerifyResult(False, None)
+
+
+def test_regex_answer_group_compared_with_reference():
+    verifier = get_verifier("regex", pattern=r"FINAL:\s*(?P<answer>[^\n]+)")
+    assert verifier.check("work...\nFINAL: Paris.", q("paris", "regex")) == VerifyResult(True, "Paris.")
+    assert verifier.check("FINAL: Lyon", q("Paris", "regex")) == VerifyResult(False, "Lyon")
+    assert verifier.check("no marker", q("Paris", "regex")) == VerifyResult(False, None)
+
+
+def test_regex_answer_group_that_did_not_take_part():
+    verifier = get_verifier("regex", pattern=r"skip|FINAL: (?P<answer>\w+)")
+    assert verifier.check("skip this", q("Paris", "regex")) == VerifyResult(False, None)
+
+
+def test_regex_ignore_case():
+    assert not check("regex", "PARIS", q("x", "regex"), pattern="paris").correct
+    assert check("regex", "PARIS", q("x", "regex"), pattern="paris", ignore_case=True).correct
+
+
+@pytest.mark.parametrize("pattern", ["(", "[a-", "(?P<answer>x"])
+def test_regex_invalid_pattern_named_at_construction(pattern):
+    with pytest.raises(VerifierError) as info:
+        get_verifier("regex", pattern=pattern)
+    assert info.value.field_name == "regex.pattern"
+    assert repr(pattern) in str(info.value) and "invalid regular expression" in str(info.value)
+
+
+@pytest.mark.parametrize("options", [{}, {"pattern": ""}, {"pattern": 5}, {"pattern": "x", "ignore_case": "yes"}])
+def test_regex_bad_options_named(options):
+    with pytest.raises(VerifierError, match=r"regex\.(pattern|ignore_case)="):
+        get_verifier("regex", **options)
+
+
+# ----------------------------------------------------------------------------------------------
+# registry
+# ----------------------------------------------------------------------------------------------
+
+
+def test_builtins_registered():
+    assert {"numeric", "choice", "yesno", "exact", "regex"} <= set(verifier_names())
+    for name in ("numeric", "choice", "yesno", "exact"):
+        verifier = get_verifier(name)
+        assert isinstance(verifier, Verifier) and verifier.name == name
+    assert get_verifier("regex", pattern="x").name == "regex"
+
+
+def test_unknown_verifier_names_it_and_lists_known():
+    with pytest.raises(UnknownVerifierError) as info:
+        get_verifier("numerc")
+    message = str(info.value)
+    assert "'numerc'" in message
+    for known in ("choice", "exact", "numeric", "regex", "yesno"):
+        assert known in message
+    assert isinstance(info.value, ValueError) and isinstance(info.value, VerifierError)
+    assert info.value.code == "INVALID_ARGUMENT"
+
+
+def test_unknown_verifier_of_wrong_type():
+    with pytest.raises(UnknownVerifierError, match="None"):
+        get_verifier(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["numeric", "choice", "yesno", "exact"])
+def test_unknown_option_named(name):
+    with pytest.raises(VerifierError, match=rf"{name}\.bogus=1: unknown option"):
+        get_verifier(name, bogus=1)
+
+
+def test_register_custom_verifier(isolated_registry):
+    class Contains:
+        name = "contains"
+
+        def __init__(self, needle: str = "42"):
+            self.needle = needle
+
+        def check(self, completion_text: str, question: Question) -> VerifyResult:
+            return VerifyResult(self.needle in completion_text, self.needle)
+
+    register_verifier("contains", Contains)
+    assert "contains" in verifier_names()
+    assert get_verifier("contains").check("it is 42", q("x", "contains")).correct
+    assert not get_verifier("contains", needle="7").check("it is 42", q("x", "contains")).correct
+    # verify() picks the verifier the question names.
+    assert verify("it is 42", q("x", "contains")).correct
+    assert verify("The answer is 5", q("5")).correct
+    # Wrong options to a plug-in factory become a VerifierError naming the options.
+    with pytest.raises(VerifierError, match=r"contains options=\{'haystack': 1\}"):
+        get_verifier("contains", haystack=1)
+
+
+def test_register_duplicate_refused_unless_replace(isolated_registry):
+    with pytest.raises(VerifierError, match=r"name='numeric'.*already registered"):
+        register_verifier("numeric", NumericVerifier)
+    register_verifier("numeric", lambda **o: NumericVerifier(abs_tol=0.5, **o), replace=True)
+    assert get_verifier("numeric").check("The answer is 4.4", q("4")).correct
+
+
+def test_isolated_registry_restored():
+    # Runs after the tests above: their plug-ins and replacements are gone.
+    assert "contains" not in verifier_names()
+    assert not get_verifier("numeric").check("The answer is 4.4", q("4")).correct
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "has space", "a/b", None, "x" * 65])
+def test_register_bad_name_named(isolated_registry, name):
+    with pytest.raises(VerifierError, match=re.escape(f"name={name!r}")):
+        register_verifier(name, ChoiceVerifier)  # type: ignore[arg-type]
+
+
+def test_register_non_callable_factory_named(isolated_registry):
+    with pytest.raises(VerifierError, match=r"factory='not callable'"):
+        register_verifier("thing", "not callable")  # type: ignore[arg-type]
+
+
+def test_factory_returning_non_verifier_refused(isolated_registry):
+    register_verifier("broken", lambda: object())
+    with pytest.raises(VerifierError, match=r"'broken' returned"):
+        get_verifier("broken")
+
+
+def test_completion_must_be_text():
+    for name in ("numeric", "choice", "yesno", "exact"):
+        with pytest.raises(VerifierError, match=r"completion_text=None"):
+            get_verifier(name).check(None, q("1"))  # type: ignore[arg-type]
+
+
+def test_verifiers_are_thread_safe():
+    verifier = get_verifier("choice")
+    question = q("B", "choice", CHOICES)
+    results: list[bool] = []
+
+    def worker() -> None:
+        results.extend(verifier.check("The answer is (B)", question).correct for _ in range(200))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 800
+
+
+# ----------------------------------------------------------------------------------------------
+# The bundled demo set and the shared datasets
+# ----------------------------------------------------------------------------------------------
+
+
+def test_bundled_demo_solutions_verify():
+    numeric = get_verifier("numeric")
+    for question in load_questions(bundled_dataset_path("demo")):
+        assert numeric.check(question.solution, question).correct, question.id
+        wrong = dataclasses.replace(question, answer=str(int(float(question.answer)) + 1))
+        assert not numeric.check(question.solution, wrong).correct, question.id
+
+
+def _shared(name: str) -> list[Question]:
+    path = SHARED_DATA / f"{name}.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    return load_questions(path)
+
+
+_STATED = re.compile(r"the answer is \$?(-?[\d,]*\.?\d+)", re.IGNORECASE)
+
+
+def _stated_answer(solution: str) -> str | None:
+    """The number a solution ends on, read independently of the verifier: after the last "the answer
+    is", and after the last "=" there ("The answer is 49 - 34 = 15 customers." states 15)."""
+    tail = re.split(r"the answer is", solution, flags=re.IGNORECASE)[-1].split("=")[-1]
+    found = re.search(r"-?\d[\d,]*(?:\.\d+)?", tail.replace("$", ""))
+    return found.group(0).replace(",", "") if found else None
+
+
+def _shift(answer: str) -> str:
+    """A clearly wrong number: off by 1% and at least 1, outside the relative tolerance."""
+    value = float(answer.replace(",", ""))
+    return repr(value + max(1.0, abs(value) * 0.01))
+
+
+# In the LLM-Adapters packaging, some AddSub/MultiArith worked solutions end in "The answer is N"
+# with N different from the reference answer (e.g. multiarith-1 says 20, the reference is 6). The
+# verifier must still read N; these solutions cannot verify against the reference. Pinned so that a
+# change of the data (or of the verifier) shows up here.
+KNOWN_WRONG_SOLUTIONS = {"addsub": 25, "multiarith": 40}
+
+
+@pytest.mark.parametrize("name", ["addsub", "multiarith"])
+def test_shared_solutions_verify_against_their_stated_answer(name):
+    numeric = get_verifier("numeric")
+    questions = _shared(name)
+    disagreeing = []
+    for question in questions:
+        stated_answer = _stated_answer(question.solution)
+        assert stated_answer is not None, f"{question.id}: solution has no 'The answer is N'"
+        # The verifier reads exactly the stated final answer...
+        result = numeric.check(question.solution, dataclasses.replace(question, answer=stated_answer))
+        assert result.correct, (question.id, result)
+        # ...and judges it against the reference as a number would.
+        against_reference = numeric.check(question.solution, question)
+        agrees = abs(float(stated_answer) - float(question.answer)) <= 1e-6 * max(1.0, abs(float(question.answer)))
+        assert against_reference.correct is agrees, (question.id, against_reference, question.answer)
+        if not agrees:
+            disagreeing.append(question.id)
+        # A wrong reference is rejected (skipped where the shift lands on a wrong stated answer).
+        if agrees:
+            shifted = dataclasses.replace(question, answer=_shift(question.answer))
+            assert not numeric.check(question.solution, shifted).correct, question.id
+    assert len(disagreeing) == KNOWN_WRONG_SOLUTIONS[name], disagreeing
+    assert len(disagreeing) < 0.1 * len(questions)
+
+
+@pytest.mark.parametrize("name", ["addsub", "multiarith"])
+def test_shared_wrong_final_answers_rejected(name):
+    numeric = get_verifier("numeric")
+    for question in _shared(name):
+        last = list(_STATED.finditer(question.solution))[-1]
+        wrong_solution = f"{question.solution[: last.start()]}The answer is {_shift(question.answer)}."
+        assert not numeric.check(wrong_solution, question).correct, question.id
+
+
+def test_shared_gsm8k_solutions_verify():
+    # The shared GSM8K solutions have no final-answer line (the original "#### N" was split off
+    # into `answer`), and their last number is often not the answer ("... 15 liters out of the 24
+    # liters"). So, for this dataset only, the test appends "The answer is {answer}." first.
+    numeric = get_verifier("numeric")
+    questions = _shared("gsm8k")
+    assert not any("The answer is" in question.solution for question in questions)
+    for question in questions:
+        solution = f"{question.solution}\nThe answer is {question.answer}."
+        assert numeric.check(solution, question).correct, question.id
+        assert numeric.check(f"{question.solution}\n#### {question.answer}", question).correct, question.id
+        wrong = f"{question.solution}\nThe answer is {_shift(question.answer)}."
+        assert not numeric.check(wrong, question).correct, question.id
+
+
+def test_shared_boolq_answers_verify():
+    yesno = get_verifier("yesno")
+    for question in _shared("boolq"):
+        assert question.verifier == "yesno"
+        opposite = {"yes": "no", "no": "yes"}[question.answer]
+        assert yesno.check(f"The answer is {question.answer}.", question).correct, question.id
+        assert yesno.check(f"{question.answer.capitalize()}, I believe so.", question).correct, question.id
+        assert not yesno.check(f"The answer is {opposite}.", question).correct, question.id
+
+
+def test_shared_arc_easy_answers_verify():
+    choice = get_verifier("choice")
+    for question in _shared("arc_easy"):
+        assert question.verifier == "choice"
+        letters = "ABCDE"[: len(question.choices)]
+        right = question.answer
+        wrong = next(letter for letter in letters if letter != right)
+        assert choice.check(f"The answer is ({right}).", question).correct, question.id
+        assert not choice.check(f"The answer is ({wrong}).", question).correct, question.id
+        right_text = question.choices[letters.index(right)]
+        wrong_text = question.choices[letters.index(wrong)]
+        assert choice.check(right_text, question).correct, question.id
+        assert not choice.check(wrong_text, question).correct, question.id
+
+
+def test_shared_datasets_name_known_verifiers():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    for path in sorted(SHARED_DATA.glob("*.jsonl")):
+        with path.open(encoding="utf-8") as fh:
+            names = {json.loads(line).get("verifier", "numeric") for line in fh if line.strip()}
+        assert names <= set(verifier_names()), (path.name, names)
