@@ -17,11 +17,12 @@ This module knows nothing of trees, rollouts, teachers, records' provenance or s
 arrays and returns arrays (or :class:`~gradalign_engine.records.Diagnostics`). The S(u) vectors are a
 handful of entries, so they are plain numpy float64; only the full-vocabulary paths use torch.
 
-Zeros: 0 log 0 is taken as 0. Where a logarithm of a probability is needed and that probability is 0
-while its weight is positive (KL(p||q) with q_j = 0 < p_j, or r_j = log q_j - log p_j with q_j = 0),
-the probability is floored at ``PROB_FLOOR`` = 1e-30 so the result stays finite: float32 teachers
-underflow to exactly 0 on tokens they find implausible, and an infinite divergence would carry no
-ranking information. The floor applies identically in the numpy and torch paths.
+Zeros: 0 log 0 is taken as 0. A teacher probability inside a logarithm, and every probability inside
+the full-vocabulary diagnostics' logarithms, is floored at ``PROB_FLOOR`` = 1e-30, so KL(p||q) with
+q_j = 0 < p_j, or r_j = log q_j - log p_j with q_j = 0, stays finite: float32 teachers underflow to
+exactly 0 on tokens they find implausible, and an infinite divergence would carry no ranking
+information. The floor changes nothing for probabilities above 1e-30 and is the same in the numpy and
+torch paths. The student's own log p~ over S(u) is not floored (its entries with p~_j = 0 contribute 0).
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ PROB_FLOOR = 1e-30
 _LOG_PROB_FLOOR = math.log(PROB_FLOOR)
 #: Method names understood by :func:`direction` (the same as ``config.METHODS``).
 METHOD_NAMES = ("forward_kl", "reverse_kl", "jsd", "single_sample", "minillm")
-# Full-vocabulary torch paths work on row chunks of at most this many elements, so that a batch of
-# 256 rows x 150k vocabulary in float64 does not need gigabytes of temporaries.
-_CHUNK_ELEMENTS = 1 << 22
+# Full-vocabulary torch paths work on row chunks of about this many elements: a batch of 256 rows x
+# 150k vocabulary then needs no gigabytes of temporaries, and on a CPU the chunk's temporaries stay in
+# cache (measured about 1.5x faster than 4M-element chunks at 256 x 50k).
+_CHUNK_ELEMENTS = 1 << 18
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,46 +351,45 @@ def _row_slices(rows: int, vocab: int) -> list[slice]:
     return [slice(start, min(rows, start + step)) for start in range(0, rows, step)]
 
 
-def _weighted_sum(weight: torch.Tensor, log_ratio: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """sum_j w_j * log_ratio_j over the support of w; 0 * (-inf) off the support counts as 0."""
-    return torch.where(support, weight * log_ratio, torch.zeros_like(weight)).sum(dim=-1)
-
-
 @torch.no_grad()
-def batched_diagnostics(logp: torch.Tensor, logq: torch.Tensor) -> list[Diagnostics]:
+def batched_diagnostics(
+    logp: torch.Tensor, logq: torch.Tensor, compute_dtype: torch.dtype = torch.float64
+) -> list[Diagnostics]:
     """:func:`distribution_diagnostics` for every row of [N, V] LOG-probabilities, vectorised in torch.
 
-    Computed in float64 on the inputs' device (these are memory-bound reductions, so float64 costs about
-    twice float32, and it keeps small KLs between near-identical distributions exact), in row chunks
-    to bound temporary memory. One transfer to the host at the end.
+    Default float64 on the inputs' device: these are memory-bound reductions, so it costs about twice
+    float32 on a GPU (about 0.2 s for 256 x 50k on two CPU cores) and keeps small divergences between
+    near-identical distributions exact; pass ``compute_dtype=torch.float32`` where float64 is slow
+    (consumer GPUs). Rows are processed in cache-sized chunks; one transfer to the host at the end.
     """
     _check_log_prob_pair(logp, logq)
     rows, vocab = logp.shape
     chunk_stats = []
     for rows_slice in _row_slices(rows, vocab):
-        lp, lq = logp[rows_slice].to(torch.float64), logq[rows_slice].to(torch.float64)
+        lp, lq = logp[rows_slice].to(compute_dtype), logq[rows_slice].to(compute_dtype)
         p, q = lp.exp(), lq.exp()
-        p_support, q_support = p > 0, q > 0
+        # Floored logs are finite, so p * log p is exactly 0 where p = 0 without a mask; the floor is
+        # the one of the numpy path (see the module docstring).
         lp_floor, lq_floor = lp.clamp_min(_LOG_PROB_FLOOR), lq.clamp_min(_LOG_PROB_FLOOR)
-        log_m = torch.logaddexp(lp, lq) - math.log(2.0)
-        norm_p, norm_q = p.norm(dim=-1), q.norm(dim=-1)
+        log_m = ((p + q) * 0.5).log().clamp_min(_LOG_PROB_FLOOR)
+        log_ratio = lp_floor - lq_floor
         chunk_stats.append(
             torch.stack(
                 [
-                    _weighted_sum(p, lp - lq_floor, p_support),
-                    _weighted_sum(q, lq - lp_floor, q_support),
-                    0.5 * _weighted_sum(p, lp - log_m, p_support) + 0.5 * _weighted_sum(q, lq - log_m, q_support),
+                    (p * log_ratio).sum(dim=-1),
+                    -(q * log_ratio).sum(dim=-1),
+                    0.5 * ((p * (lp_floor - log_m)).sum(dim=-1) + (q * (lq_floor - log_m)).sum(dim=-1)),
                     (p - q).norm(dim=-1),
-                    (p * q).sum(dim=-1) / (norm_p * norm_q),
-                    -_weighted_sum(p, lp, p_support),
-                    -_weighted_sum(q, lq, q_support),
+                    (p * q).sum(dim=-1) / (p.norm(dim=-1) * q.norm(dim=-1)),
+                    -(p * lp_floor).sum(dim=-1),
+                    -(q * lq_floor).sum(dim=-1),
                 ],
                 dim=-1,
             )
         )
     if not chunk_stats:
         return []
-    table = torch.cat(chunk_stats).cpu().tolist()
+    table = torch.cat(chunk_stats).to(device="cpu", dtype=torch.float64).tolist()
     return [Diagnostics(*row) for row in table]
 
 

@@ -21,6 +21,7 @@ from .errors import TokenizerMismatchError
 from .prompts import render_prompt
 from .records import SkipReason
 from .tree import RolloutTree
+from .verifiers import verify
 
 __all__ = ["check_tokenizer_compatibility", "TeacherContext", "Teacher", "DEFAULT_WORDING"]
 
@@ -86,7 +87,7 @@ class Teacher:
 
     # ------------------------------------------------------------------ contexts
     def _demo(self, question: Question, tree: RolloutTree, rollout_index: int) -> str | None:
-        if self.spec.prefer_dataset_solution and question.solution:
+        if self.spec.prefer_dataset_solution and _verified_solution(question):
             return question.solution
         # A verified-correct student rollout; another one than the scored rollout when possible.
         correct = [r for r in tree.rollouts if r.correct]
@@ -94,7 +95,7 @@ class Teacher:
         pick = (others or correct or [None])[0]
         if pick is not None:
             return _strip_special(pick.text, self.backend.tokenizer)
-        return question.solution
+        return question.solution if _verified_solution(question) else None
 
     def _wrong(self, tree: RolloutTree, rollout_index: int) -> str | None:
         wrong = [r for r in tree.rollouts if not r.correct]
@@ -133,6 +134,17 @@ class Teacher:
         if ctx.skip_reason:
             return None, ctx.skip_reason
         return render_prompt(self.backend.tokenizer, tree.question, self.prompt, context=ctx.text), None
+
+
+def _verified_solution(question: Question) -> bool:
+    """Dataset solutions are not always right (25 of AddSub's end on another answer): check first."""
+    if not question.solution:
+        return False
+    options = dict(question.extra.get("verifier_options", {}) or {}) if question.extra else {}
+    try:
+        return verify(question.solution, question, **options).correct
+    except ValueError:
+        return False
 
 
 def _strip_special(text: str, tokenizer) -> str:

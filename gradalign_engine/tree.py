@@ -2,9 +2,9 @@
 
 The tree is stored as its sequences (each a completion's token ids with its verified outcome), and
 counted through :class:`PrefixCounter`, which keeps the sequences sorted so that the visits and
-successes of any prefix, and of each of its children, are two binary searches away. Any rollout or
-continuation passing through a child counts toward that child's estimate, whatever node it was
-forced from.
+successes of any prefix, and of each of its children, are two binary searches away. Every base
+rollout and every continuation that reached a child by sampling (or was forced exactly there)
+counts toward that child's estimate, whichever node it was forced from.
 
 Plain data and counting only: no models, tensors or teachers.
 """
@@ -81,26 +81,35 @@ class ChildCount:
 
 
 class PrefixCounter:
-    """Visit and success counts of every prefix of a set of sequences (sorted-array prefix tree)."""
+    """Visit and success counts of prefixes of a set of sequences (a sorted-array prefix tree).
 
-    def __init__(self, sequences: Iterable[tuple[Sequence[int], bool]] = ()):
-        self._items: list[tuple[tuple[int, ...], bool]] = []
+    Each sequence carries ``free_from``: the first position from which all its tokens were sampled
+    by the student (0 for a base rollout, depth + 1 for a continuation forced at depth). A sequence
+    counts toward child j of node u (depth t) only if it reached u.j by sampling or by being forced
+    exactly there (free_from <= t + 1). Continuations forced deeper along the same path share u's
+    sampled child by construction, not by sampling: counting them would bias v_j toward that one
+    path and treat one correlated cluster as independent draws.
+    """
+
+    def __init__(self, sequences: Iterable[tuple[Sequence[int], bool, int]] = ()):
+        self._items: list[tuple[tuple[int, ...], bool, int]] = []
         self._dirty = False
-        for tokens, ok in sequences:
-            self.add(tokens, ok)
+        for tokens, ok, free_from in sequences:
+            self.add(tokens, ok, free_from)
 
-    def add(self, tokens: Sequence[int], correct: bool) -> None:
-        self._items.append((tuple(tokens), bool(correct)))
+    def add(self, tokens: Sequence[int], correct: bool, free_from: int = 0) -> None:
+        self._items.append((tuple(tokens), bool(correct), int(free_from)))
         self._dirty = True
 
     def _refresh(self) -> None:
         if not self._dirty:
             return
+        import numpy as np
+
         self._items.sort(key=lambda item: item[0])
-        self._keys = [k for k, _ in self._items]
-        self._cum = [0]
-        for _, ok in self._items:
-            self._cum.append(self._cum[-1] + ok)
+        self._keys = [k for k, _, _ in self._items]
+        self._correct = np.fromiter((ok for _, ok, _ in self._items), dtype=bool, count=len(self._items))
+        self._free = np.fromiter((f for _, _, f in self._items), dtype=np.int64, count=len(self._items))
         self._dirty = False
 
     def __len__(self) -> int:
@@ -114,13 +123,18 @@ class PrefixCounter:
         upper = prefix[:-1] + (prefix[-1] + 1,)
         return lo, bisect.bisect_left(self._keys, upper, lo)
 
+    def _count(self, lo: int, hi: int, max_free: int) -> tuple[int, int]:
+        ok = self._free[lo:hi] <= max_free
+        return int(ok.sum()), int((ok & self._correct[lo:hi]).sum())
+
     def counts(self, prefix: Sequence[int]) -> tuple[int, int]:
-        """(visits, successes) of sequences that start with ``prefix``."""
-        lo, hi = self._range(tuple(prefix))
-        return hi - lo, self._cum[hi] - self._cum[lo]
+        """(visits, successes) of sequences sampled through ``prefix`` (free_from <= len(prefix))."""
+        prefix = tuple(prefix)
+        lo, hi = self._range(prefix)
+        return self._count(lo, hi, len(prefix))
 
     def children(self, prefix: Sequence[int]) -> list[ChildCount]:
-        """Counts of every child token observed after ``prefix`` (sequences that end at it excluded)."""
+        """Counts of each child token after ``prefix``; sequences ending at the prefix have no child."""
         prefix = tuple(prefix)
         lo, hi = self._range(prefix)
         depth = len(prefix)
@@ -128,12 +142,14 @@ class PrefixCounter:
         start = lo
         while start < hi:
             key = self._keys[start]
-            if len(key) == depth:  # a sequence that ends exactly here has no child
+            if len(key) == depth:
                 start += 1
                 continue
             token = key[depth]
             _, end = self._range(prefix + (token,))
-            out.append(ChildCount(token, end - start, self._cum[end] - self._cum[start]))
+            visits, successes = self._count(start, end, depth + 1)
+            if visits:
+                out.append(ChildCount(token, visits, successes))
             start = end
         return out
 
@@ -153,9 +169,9 @@ class RolloutTree:
 
     def counter(self) -> PrefixCounter:
         """A fresh counter over base rollouts and continuations."""
-        counter = PrefixCounter((r.tokens, r.correct) for r in self.rollouts)
+        counter = PrefixCounter((r.tokens, r.correct, 0) for r in self.rollouts)
         for c in self.continuations:
-            counter.add(c.full_tokens(self.rollouts[c.rollout_index]), c.correct)
+            counter.add(c.full_tokens(self.rollouts[c.rollout_index]), c.correct, c.depth + 1)
         return counter
 
     def to_dict(self) -> dict[str, Any]:

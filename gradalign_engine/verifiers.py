@@ -272,8 +272,9 @@ class ChoiceVerifier:
     1. an answer phrase: "The answer is (B)", "Answer: B", "**Answer:** B";
     2. a marked letter: "**B**", "(B)", "B)";
     3. a lone letter: the whole completion, or one line, is just "B" (with optional punctuation);
-    4. the exact text of one of ``question.choices`` after the last answer phrase, or as the whole
-       completion (normalised as by ``exact``).
+    4. the exact text of one of ``question.choices`` as the whole completion (normalised as by
+       ``exact``). The text after the last answer phrase matching a choice exactly goes before
+       tier 1, so "The answer is A mixture." picks the choice "A mixture", not letter A.
     Letters must be capitals (a lowercase "a" is an article) except in a one-letter completion.
     Valid letters are A-E, or one per choice when the question lists its choices.
     """
@@ -303,6 +304,11 @@ class ChoiceVerifier:
     def extract(self, completion_text: str, question: Question) -> str | None:
         """The letter the completion chooses, or None."""
         letters = self._letters_for(question)
+        by_text = self._match_choice_text(_final_answer_text(completion_text), question, letters)
+        spans = _answer_spans(completion_text)
+        if by_text is not None and spans:
+            # "The answer is A mixture." names choice B by its text; tier 1 would read the "A".
+            return by_text
         for pattern in self._tiers(letters):
             matches = list(pattern.finditer(completion_text))
             if matches:
@@ -311,11 +317,14 @@ class ChoiceVerifier:
         whole = completion_text.strip().strip(_WRAPPERS + "()[].:").strip()
         if len(whole) == 1 and whole.upper() in letters:  # "b" alone is unambiguous
             return whole.upper()
-        if question.choices:
-            final = normalize_text(_final_answer_text(completion_text))
-            for letter, choice in zip(letters, question.choices):
-                if final == normalize_text(choice):
-                    return letter
+        return by_text
+
+    @staticmethod
+    def _match_choice_text(text: str, question: Question, letters: str) -> str | None:
+        final = normalize_text(text)
+        for letter, choice in zip(letters, question.choices):
+            if final == normalize_text(choice):
+                return letter
         return None
 
     def check(self, completion_text: str, question: Question) -> VerifyResult:

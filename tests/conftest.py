@@ -31,19 +31,22 @@ def make_tiny_model_dir(
     init_std: float = 0.02,
     chat_template: str | None = CHAT_TEMPLATE,
     extra_specials: tuple[str, ...] = (),
+    minimal_specials: bool = False,
 ) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<eos>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", *extra_specials]
+    roles = [] if minimal_specials else ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    specials = (["<eos>", "<unk>"] if minimal_specials else ["<pad>", "<eos>", "<unk>"]) + roles + list(extra_specials)
     vocab = {tok: i for i, tok in enumerate(specials + [w for w in words if w not in specials])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    pad = "<eos>" if minimal_specials else "<pad>"
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
-        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        tokenizer_object=backend, pad_token=pad, eos_token="<eos>", unk_token="<unk>",
+        additional_special_tokens=roles,
     )
     if chat_template:
         tokenizer.chat_template = chat_template
@@ -52,7 +55,7 @@ def make_tiny_model_dir(
         vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
         tie_word_embeddings=True, initializer_range=init_std, eos_token_id=vocab["<eos>"],
-        pad_token_id=vocab["<pad>"], bos_token_id=None,
+        pad_token_id=vocab[pad], bos_token_id=None,
     )
     model = LlamaForCausalLM(config)
     path.mkdir(parents=True, exist_ok=True)
@@ -76,8 +79,8 @@ def tiny_model_dir_other_tokenizer(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def toy_model_dir(tmp_path_factory) -> Path:
-    """The exact-enumeration toy: completions over {a, b, c, <eos>}, peaked random distributions."""
+    """The exact-enumeration toy: a 6-token vocabulary (<eos> <unk> q a b c), peaked random distributions."""
     return make_tiny_model_dir(
         tmp_path_factory.mktemp("toy") / "model", words=["q", *TOY_WORDS], seed=3, hidden=32, layers=1,
-        init_std=0.6, chat_template=None,
+        init_std=0.6, chat_template=None, minimal_specials=True,
     )

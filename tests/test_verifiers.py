@@ -199,6 +199,14 @@ def test_choice_extraction(completion, expected):
     assert verifier.extract(completion, q("B", "choice", CHOICES)) == expected
 
 
+def test_choice_text_that_starts_with_a_letter():
+    question = q("B", "choice", ("A mixture", "A compound", "An element", "An alloy"))
+    assert check("choice", "The answer is A compound.", question) == VerifyResult(True, "B")
+    assert check("choice", "A compound", question) == VerifyResult(True, "B")
+    assert check("choice", "The answer is A.", question) == VerifyResult(False, "A")
+    assert check("choice", "The answer is (B), a compound", question) == VerifyResult(True, "B")
+
+
 def test_choice_correctness():
     question = q("B", "choice", CHOICES)
     assert check("choice", "The answer is (B)", question) == VerifyResult(True, "B")

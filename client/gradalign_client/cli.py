@@ -1,0 +1,243 @@
+"""The ``gradalign`` command line.
+
+    gradalign vet --server HOST:PORT --dataset FILE.jsonl --teachers a,b [...]   vet teachers on a server
+    gradalign health --server HOST:PORT                                          SERVING? (exit 0) or not (1)
+    gradalign models --server HOST:PORT                                          list the loaded models
+    gradalign serve --config CONFIG.toml [...]                                   run a server   (extra: server)
+    gradalign analyze ...                                                        in-process run (extra: engine)
+    gradalign demo [...]                                                         end-to-end demo on this CPU (extra: server)
+
+Only the light client is imported here; ``serve``, ``analyze`` and ``demo`` import the engine lazily
+and say which extra to install when it is missing.
+
+Exit codes: 0 success; 1 a failed call or a bad argument; 2 the server cannot be reached (or a
+usage error); 3 the gated teacher's alignment is below ``--fail-below``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Callable
+
+from ._errors import GradalignError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE, EXIT_GATE = 0, 1, 2, 3
+
+_DELEGATED = {
+    # command: (module, function, extra, what it needs)
+    "serve": ("gradalign_server", "main", "server", "the gRPC server"),
+    "analyze": ("gradalign_engine.cli", "analyze_main", "engine", "the in-process engine"),
+    "demo": ("gradalign_server.demo", "main", "server", "the demo (it runs a server in-process)"),
+}
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    module_name, function, extra, what = _DELEGATED[command]
+    try:
+        import importlib
+
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        print(
+            f"gradalign {command}: {what} is not installed ({missing} missing): pip install 'gradalign[{extra}]'",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    return int(getattr(module, function)(argv) or 0)
+
+
+def _progress() -> tuple[Callable, Callable[[], None]]:
+    """A progress callback for Client.vet (tqdm when installed, else a stderr counter) and a closer."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    state: dict = {}
+
+    def update(done: int, total: int, result) -> None:
+        note = f"{result.question_id}: {result.summary.correct}/{result.summary.rollouts} correct" + (" (cached)" if result.summary.cache_hit else "")
+        if tqdm is not None:
+            bar = state.get("bar")
+            if bar is None:
+                bar = state["bar"] = tqdm(total=total, desc="trees", unit="q", file=sys.stderr)
+            bar.set_postfix_str(note)
+            bar.update(1)
+        else:
+            print(f"\r[{done}/{total}] {note}".ljust(60), end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    def close() -> None:
+        if state.get("bar") is not None:
+            state["bar"].close()
+
+    return update, close
+
+
+def _settings(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs -> dict, values parsed as JSON when they parse (numbers, true/false)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise GradalignError("INVALID_ARGUMENT", f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _names(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def cmd_vet(args: argparse.Namespace) -> int:
+    from . import _table
+    from ._client import Client
+
+    settings = _settings(args.set)
+    if args.rollouts is not None:
+        settings["num_rollouts"] = args.rollouts
+    if args.max_new_tokens is not None:
+        settings["max_new_tokens"] = args.max_new_tokens
+    teachers, methods = _names(args.teachers), _names(args.methods)
+    with Client(args.server, timeout=args.timeout, token=args.token) as client:
+        if not teachers:
+            teachers = [m.name for m in client.list_models() if m.role == "teacher"]
+        update, close = _progress() if not args.quiet else (None, lambda: None)
+        trees: list[str] = []
+
+        def progress(done, total, result):
+            trees.append(result.tree_id)
+            if update is not None:
+                update(done, total, result)
+
+        try:
+            report = client.vet(args.dataset, teachers, methods, args.limit, progress, settings=settings or None, seed=args.seed)
+        finally:
+            close()
+        sys.stdout.write(_table.format_table(report))
+        if args.csv:
+            _table.write_csv(report, args.csv)
+            print(f"table written to {args.csv}", file=sys.stderr)
+        if args.out:
+            count = 0
+            with open(args.out, "w", encoding="utf-8") as fh:
+                for record in client.stream_alignments(trees, teachers, methods, include_skipped=True):
+                    fh.write(json.dumps(record.to_dict()) + "\n")
+                    count += 1
+            print(f"{count} records written to {args.out}", file=sys.stderr)
+    if args.fail_below is not None:
+        gate_teacher = args.fail_teacher or teachers[0]
+        try:
+            method, value = _table.gate_value(report, gate_teacher, args.method_for_gate)
+        except KeyError as exc:
+            print(f"gradalign vet: gate: {exc.args[0]}", file=sys.stderr)
+            return EXIT_GATE
+        if math.isnan(value) or value < args.fail_below:
+            print(f"gradalign vet: gate failed: {gate_teacher} ({method}) mean alignment {value:.4f} < {args.fail_below}", file=sys.stderr)
+            return EXIT_GATE
+        print(f"gate passed: {gate_teacher} ({method}) mean alignment {value:.4f} >= {args.fail_below}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from ._client import Client
+
+    with Client(args.server, token=args.token) as client:
+        status = client.health(args.service, timeout=args.timeout)
+    print(status)
+    return EXIT_OK if status == "SERVING" else EXIT_ERROR
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ._client import Client
+
+    with Client(args.server, timeout=args.timeout, token=args.token) as client:
+        models = client.list_models()
+    width = max(len(m.name) for m in models)
+    for m in models:
+        kind = m.kind + (f"/{m.context}" if m.context else "")
+        print(f"{m.role:<8} {m.name:<{width}}  {kind:<26} {m.backend:<5} {m.dtype:<9} {m.device:<7} model {m.model_hash[:12]}  tokenizer {m.tokenizer_hash[:12]}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradalign",
+        description="Vet on-policy distillation teachers by gradient alignment with the ideal per-token update.",
+        epilog="Also: 'gradalign serve --config C.toml' (server), 'gradalign analyze ...' (in-process), "
+        "'gradalign demo' (end-to-end demo on this machine); each takes --help.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{vet,health,models,serve,analyze,demo}")
+
+    def connection(p: argparse.ArgumentParser, timeout: float | None) -> None:
+        p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of a gradalign server")
+        p.add_argument("--token", default=None, help="bearer token, when the server was started with --token")
+        p.add_argument("--timeout", type=float, default=timeout, help="deadline of each call in seconds (default %(default)s)")
+
+    vet = sub.add_parser("vet", help="build trees for a dataset on a server and rank the teachers")
+    connection(vet, 3600.0)
+    vet.add_argument("--dataset", required=True, metavar="FILE.jsonl", help="questions, one JSON object per line (id, question, answer, ...)")
+    vet.add_argument("--teachers", default=None, metavar="A,B", help="teachers to vet (default: every loaded teacher); the first is gated")
+    vet.add_argument("--methods", default=None, metavar="M,N", help="forward_kl, reverse_kl, jsd, single_sample, minillm (default: the server's)")
+    vet.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N questions")
+    vet.add_argument("--rollouts", type=int, default=None, metavar="G", help="base rollouts per question (default: the server's)")
+    vet.add_argument("--max-new-tokens", type=int, default=None, metavar="T", help="completion length (default: the server's)")
+    vet.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any rollout or sampling setting, repeatable (e.g. continuations=2)")
+    vet.add_argument("--seed", type=int, default=None, help="seed of every random choice (default: the server's)")
+    vet.add_argument("--out", default=None, metavar="records.jsonl", help="also write every alignment record (skipped nodes included)")
+    vet.add_argument("--csv", default=None, metavar="table.csv", help="also write the ranked table as CSV")
+    vet.add_argument("--fail-below", type=float, default=None, metavar="X", help="exit 3 when the gated teacher's mean alignment is below X")
+    vet.add_argument("--fail-teacher", default=None, metavar="NAME", help="teacher the gate checks (default: the first of --teachers)")
+    vet.add_argument("--method-for-gate", default=None, metavar="M", help="method the gate checks (default: the first ranked method)")
+    vet.add_argument("--quiet", action="store_true", help="no progress bar")
+    vet.set_defaults(func=cmd_vet)
+
+    health = sub.add_parser("health", help="print the server's health (exit 0 when SERVING)")
+    connection(health, 5.0)
+    health.add_argument("--service", default="", help="service name ('' = the whole server)")
+    health.set_defaults(func=cmd_health)
+
+    models = sub.add_parser("models", help="list the server's student and teachers")
+    connection(models, 30.0)
+    models.set_defaults(func=cmd_models)
+
+    for name, (_, _, extra, what) in _DELEGATED.items():
+        sub.add_parser(name, help=f"{what} (needs gradalign[{extra}]); see 'gradalign {name} --help'", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gradalign`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _DELEGATED:
+        return _delegate(argv[0], argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_UNREACHABLE
+    try:
+        return args.func(args)
+    except GradalignError as exc:
+        if exc.unreachable:
+            print(f"gradalign: cannot reach a gradalign server at {args.server} ({exc.details.splitlines()[0]}); is 'gradalign serve' running there?", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        print(f"gradalign {args.command}: {exc.code}: {exc.details}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, ValueError) as exc:
+        print(f"gradalign {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("gradalign: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m gradalign_server --config CONFIG.toml``: the same as ``gradalign serve``."""
+
+import sys
+
+from ._server import main
+
+sys.exit(main())
