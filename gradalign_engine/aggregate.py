@@ -221,7 +221,9 @@ def _sorted_ids(labels: Sequence[Any]) -> np.ndarray:
     return np.fromiter((index_of[label] for label in labels), dtype=np.int64, count=len(labels))
 
 
-def _vector_products(records: Sequence[AlignmentRecord], scored: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _vector_products(
+    records: Sequence[AlignmentRecord], scored: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-record <g*, d>, ||g*||^2 and ||d||^2 over S(u), vectorised over all scored records at once."""
     count = len(records)
     scored_records = [r for r, keep in zip(records, scored) if keep]
@@ -367,13 +369,15 @@ def _ranking(groups: Iterable[GroupStats], methods: Sequence[str]) -> list[RankE
     for group in groups:
         if group.split == "all":
             by_method[group.method].append(group)
+
+    def order(group: GroupStats) -> tuple[int, float, str]:
+        # Highest mean first; teachers without a mean last; names break ties deterministically.
+        has_mean = math.isfinite(group.mean_cosine)
+        return (0 if has_mean else 1, -group.mean_cosine if has_mean else 0.0, group.teacher)
+
     entries = []
     for method in methods:
-        # Highest mean first; teachers without a mean last; names break ties deterministically.
-        ordered = sorted(
-            by_method.get(method, []),
-            key=lambda g: (0 if math.isfinite(g.mean_cosine) else 1, -g.mean_cosine if math.isfinite(g.mean_cosine) else 0.0, g.teacher),
-        )
+        ordered = sorted(by_method.get(method, []), key=order)
         for rank, group in enumerate(ordered, start=1):
             entries.append(
                 RankEntry(
@@ -385,19 +389,17 @@ def _ranking(groups: Iterable[GroupStats], methods: Sequence[str]) -> list[RankE
 
 
 def _per_question(records: Sequence[AlignmentRecord]) -> list[QuestionStats]:
-    sums: dict[tuple[str, str, str, str], list[float]] = {}
+    cosines: dict[tuple[str, str, str, str], list[float]] = {}
     for record in records:
-        key = (record.tree_id, record.question_id, record.teacher, record.method)
-        total = sums.setdefault(key, [0.0, 0])
+        scored = cosines.setdefault((record.tree_id, record.question_id, record.teacher, record.method), [])
         if record.cosine is not None:
-            total[0] += float(record.cosine)
-            total[1] += 1
+            scored.append(float(record.cosine))
     return [
         QuestionStats(
             tree_id=tree_id, question_id=question_id, teacher=teacher, method=method,
-            mean_cosine=total / nodes if nodes else _NAN, nodes=int(nodes),
+            mean_cosine=math.fsum(values) / len(values) if values else _NAN, nodes=len(values),
         )
-        for (tree_id, question_id, teacher, method), (total, nodes) in sorted(sums.items())
+        for (tree_id, question_id, teacher, method), values in sorted(cosines.items())
     ]
 
 
@@ -438,9 +440,14 @@ def build_report(
                 continue
             for split in SPLITS:
                 report.groups.append(
-                    _group_stats(cols, selection & split_masks[split], teacher, method, split, clusters, n_boot, seed, confidence)
+                    _group_stats(
+                        cols, selection & split_masks[split], teacher, method, split,
+                        clusters, n_boot, seed, confidence,
+                    )
                 )
-            report.comparisons.append(_split_comparison(cols, selection, teacher, method, clusters, n_boot, seed, confidence))
+            report.comparisons.append(
+                _split_comparison(cols, selection, teacher, method, clusters, n_boot, seed, confidence)
+            )
             report.correlations.extend(_correlations(cols, selection, teacher, method))
     report.ranking = _ranking(report.groups, methods)
     report.per_question = _per_question(records)
