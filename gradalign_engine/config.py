@@ -70,6 +70,10 @@ class ModelSpec:
         default=16384,
         metadata=_help("Memory budget of one forward batch, in tokens (rows x padded length)."),
     )
+    prefix_cache_bytes: int = field(
+        default=1024**3,
+        metadata=_help("HF only: memory for sampled sequences kept for reuse (their KV cache and hidden states)."),
+    )
     vllm_kv_cache_bytes: int = field(
         default=2 * 1024**3,
         metadata=_help("vLLM only: KV-cache size in bytes (kv_cache_memory_bytes)."),
@@ -84,6 +88,7 @@ class ModelSpec:
             "device", self.device, "must be auto, cpu, cuda or cuda:N",
         )
         _check(isinstance(self.max_batch_tokens, int) and self.max_batch_tokens >= 64, "max_batch_tokens", self.max_batch_tokens, "must be an integer >= 64")
+        _check(isinstance(self.prefix_cache_bytes, int) and self.prefix_cache_bytes >= 0, "prefix_cache_bytes", self.prefix_cache_bytes, "must be an integer >= 0")
         _check(isinstance(self.vllm_kv_cache_bytes, int) and self.vllm_kv_cache_bytes > 0, "vllm_kv_cache_bytes", self.vllm_kv_cache_bytes, "must be a positive integer")
 
 

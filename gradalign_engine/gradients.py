@@ -198,7 +198,7 @@ def minillm_returns(
     # without the gamma^-t rescaling that would overflow for long rollouts and small gamma.
     suffix = lfilter([1.0], [1.0, -gamma], r[::-1])[::-1]
     if single_step:
-        returns = suffix
+        returns = np.concatenate([suffix[1:], [0.0]])
         terms = np.arange(length - 1, -1, -1, dtype=np.float64)  # T - t - 1
     else:
         returns = suffix

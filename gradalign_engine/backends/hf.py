@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from typing import Sequence
 
 import torch
@@ -96,6 +97,12 @@ class HFBackend:
         self._eos = frozenset(eos)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos)
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        # Decoding calls the decoder and the output projection separately, to keep final hidden
+        # states (a scoring pass over a sampled sequence then needs only the projection).
+        self._decoder = self.model.get_decoder()
+        self._head = self.model.get_output_embeddings()
+        self._check_split_head()
+        self._retained = _RetainedStore(spec.prefix_cache_bytes)
         self.info = ModelInfo(
             name=resolved.name if resolved else spec.model,
             path=str(resolved.path) if resolved else spec.model,
@@ -106,6 +113,18 @@ class HFBackend:
             tokenizer_hash=tokenizer_fingerprint(tokenizer),
             vocab_size=self.vocab_size,
         )
+
+    def _check_split_head(self) -> None:
+        ids = torch.tensor([[min(self._eos), 0, 1, 2]], device=self.device) % self.vocab_size
+        with torch.inference_mode():
+            full = self.model(input_ids=ids).logits[0, -1].float()
+            split = self._head(self._decoder(input_ids=ids).last_hidden_state[0, -1]).float()
+        if not torch.allclose(full, split, atol=1e-3, rtol=1e-3):
+            raise ConfigError("model", self.spec.model, "unsupported architecture: its logits are not the output embedding of the decoder's last hidden state")
+
+    def clear_prefix_cache(self) -> None:
+        """Forget retained sequences (their KV and hidden states)."""
+        self._retained.clear()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -128,7 +147,16 @@ class HFBackend:
         if len(contexts) != len(completions):
             raise ValueError("contexts and completions differ in length")
         out: list[torch.Tensor | None] = [None] * len(contexts)
-        order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]) + len(completions[i]))
+        todo = []
+        for i, (c, y) in enumerate(zip(contexts, completions)):
+            hidden = self._retained.hidden_for(c, y)
+            if hidden is not None and len(y) > 0:
+                # This exact sequence was sampled with retain=True: its hidden states are kept.
+                out[i] = torch.log_softmax(self._head(hidden).float() / temperature, dim=-1).cpu()
+                self.counters.add(scored_tokens=len(y))
+            else:
+                todo.append(i)
+        order = sorted(todo, key=lambda i: len(contexts[i]) + len(completions[i]))
         # Logits are [rows, kept, vocab] float32: bound them as well as the token budget.
         logit_budget = max(self.spec.max_batch_tokens, 1) * 64
         batch: list[int] = []
@@ -181,8 +209,14 @@ class HFBackend:
         top_p: float = 1.0,
         top_k: int = 0,
         cancel: CancelToken | None = None,
+        retain: bool = False,
     ) -> list[list[list[int]]]:
-        """See :meth:`Backend.generate`. ``temperature == 0`` decodes greedily."""
+        """See :meth:`Backend.generate`. ``temperature == 0`` decodes greedily.
+
+        ``retain=True`` keeps each sampled sequence's KV cache and final hidden states, so that later
+        continuations from any of its prefixes skip the prefill, and ``score`` of exactly that
+        (prompt, completion) needs only the output projection.
+        """
         results: list[list[list[int]]] = [[] for _ in requests]
         order = sorted(range(len(requests)), key=lambda i: len(requests[i].prefix))
         chunk: list[int] = []
@@ -198,107 +232,179 @@ class HFBackend:
                 chunk.append(idx)
                 continue
             if chunk:
-                outs = self._generate_chunk([requests[i] for i in chunk], temperature, top_p, top_k, cancel)
+                outs = self._generate_chunk([requests[i] for i in chunk], temperature, top_p, top_k, cancel, retain)
                 for i, o in zip(chunk, outs):
                     results[i] = o
             chunk = [idx] if idx is not None else []
         return results
 
-    def _prefill(self, prefixes: list[tuple[int, ...]]):
-        """Encode unique prefixes once (left-padded batch); return cache, mask and last logits."""
+    supports_retain = True
+
+    def _forward(self, ids, mask, positions, cache, keep_last: bool):
+        """Decoder forward; returns (cache, final hidden states [rows, kept, H], logits of the last position)."""
+        out = self._decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state
+        if keep_last:
+            hidden = hidden[:, -1:, :]
+        logits = self._head(hidden[:, -1, :]).float()
+        self.counters.add(forwarded_tokens=int(mask[:, -ids.shape[1]:].sum()), forward_calls=1)
+        return out.past_key_values, hidden, logits
+
+    def _prefix_states(self, prefixes: list[tuple[int, ...]]):
+        """KV slices ([layers] of (k, v) [kvh, L, d]) and last hidden state of each prefix.
+
+        A prefix covered by a retained sequence is sliced from it; the others are encoded together
+        in one left-padded batch.
+        """
+        states: list = [None] * len(prefixes)
+        missing = []
+        for i, p in enumerate(prefixes):
+            hit = self._retained.lookup(p)
+            if hit is not None:
+                states[i] = hit
+            else:
+                missing.append(i)
+        if missing:
+            from transformers import DynamicCache
+
+            width = max(len(prefixes[i]) for i in missing)
+            ids = torch.full((len(missing), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(missing), width), dtype=torch.long)
+            for r, i in enumerate(missing):
+                p = prefixes[i]
+                ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                mask[r, width - len(p):] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            cache, hidden, _ = self._forward(ids, mask, positions, DynamicCache(config=self.model.config), keep_last=True)
+            for r, i in enumerate(missing):
+                n = len(prefixes[i])
+                kv = [(layer.keys[r, :, width - n:, :], layer.values[r, :, width - n:, :]) for layer in cache.layers]
+                states[i] = (kv, hidden[r, -1, :])
+        return states
+
+    def _generate_chunk(self, requests, temperature, top_p, top_k, cancel, retain) -> list[list[list[int]]]:
+        """Decode logical rows (request x branch x sample) over shared physical rows.
+
+        Rows whose token histories are identical share one physical row (one cache row, one forward);
+        a physical row splits only when its rows sample different tokens. Every distinct prefix is
+        therefore forwarded once, whatever the number of branches and samples through it.
+        """
         from transformers import DynamicCache
 
-        width = max(len(p) for p in prefixes)
-        ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-        for r, p in enumerate(prefixes):
-            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[r, width - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self.counters.add(forwarded_tokens=int(mask.sum()), forward_calls=1)
-        return out.past_key_values, mask, out.logits[:, -1, :].float()
-
-    def _generate_chunk(self, requests, temperature, top_p, top_k, cancel) -> list[list[list[int]]]:
         if cancel is not None:
             cancel.raise_if_cancelled()
         unique: dict[tuple[int, ...], int] = {}
         for req in requests:
             unique.setdefault(tuple(req.prefix), len(unique))
         prefixes = list(unique)
-        cache, prefix_mask, prefix_logits = self._prefill(prefixes)
+        states = self._prefix_states(prefixes)
+        width = max(len(p) for p in prefixes)
+        layers = len(states[0][0])
+        keys, values = [], []
+        for layer in range(layers):
+            k0 = states[0][0][layer][0]
+            kb = k0.new_zeros((len(prefixes), k0.shape[0], width, k0.shape[2]))
+            vb = kb.clone()
+            for i, (kv, _) in enumerate(states):
+                n = kv[layer][0].shape[1]
+                kb[i, :, width - n:, :] = kv[layer][0]
+                vb[i, :, width - n:, :] = kv[layer][1]
+            keys.append(kb)
+            values.append(vb)
+        cache = DynamicCache(ddp_cache_data=list(zip(keys, values)), config=self.model.config)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=self.device)
+        for i, p in enumerate(prefixes):
+            mask[i, width - len(p):] = 1
+        next_pos = mask.sum(-1)
+        hidden = torch.stack([h for _, h in states])  # [phys, H]: predicts each row's next token
+        logits = self._head(hidden).float()
 
-        # Rows: one per (request, branch, sample).
-        row_prefix, row_req, row_forced, row_limit = [], [], [], []
+        # Logical rows.
+        row_req, row_forced, row_limit, row_phys = [], [], [], []
         for ri, req in enumerate(requests):
             for forced in req.branches:
                 for _ in range(req.n):
-                    row_prefix.append(unique[tuple(req.prefix)])
                     row_req.append(ri)
                     row_forced.append(forced)
                     row_limit.append(req.max_new_tokens)
+                    row_phys.append(unique[tuple(req.prefix)])
         n_rows = len(row_req)
         gens = [torch.Generator(device="cpu").manual_seed(int(req.seed) % (2**63)) for req in requests]
-        select = torch.tensor(row_prefix, device=self.device)
-        _expand_cache(cache, select)
-        mask = prefix_mask.index_select(0, select)
-        next_pos = mask.sum(-1)  # position id of the next token per row
         tokens: list[list[int]] = [[] for _ in range(n_rows)]
-
-        # First token: the forced candidate, or a sample from the prefix's last logits.
-        first_logits = prefix_logits.index_select(0, select)
-        sampled_first = self._sample(first_logits, row_req, gens, temperature, top_p, top_k)
-        current = torch.tensor(
-            [f if f is not None else s for f, s in zip(row_forced, sampled_first.tolist())], dtype=torch.long, device=self.device
-        )
-        active = list(range(n_rows))  # original row index of each batch row
+        hiddens: list[list[torch.Tensor]] = [[] for _ in range(n_rows)]
+        done = [False] * n_rows
         for r in range(n_rows):
-            if row_forced[r] is None:
-                tokens[r].append(int(current[r]))
-        self.counters.add(generated_tokens=sum(1 for f in row_forced if f is None))
-
-        def finished(r: int) -> bool:
-            generated = tokens[r]
-            return len(generated) >= row_limit[r] or (bool(generated) and generated[-1] in self._eos)
-
-        done = [finished(r) for r in range(n_rows)]
-        while True:
-            keep = [b for b, r in enumerate(active) if not done[r]]
-            if not keep:
-                break
-            if len(keep) < len(active):
-                sel = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(sel)
-                mask, current, next_pos = mask.index_select(0, sel), current.index_select(0, sel), next_pos.index_select(0, sel)
-                active = [active[b] for b in keep]
+            # A forced end-of-sequence token, or no room left, ends the row before any sampling.
+            if row_limit[r] <= 0 or (row_forced[r] is not None and row_forced[r] in self._eos):
+                done[r] = True
+        pending_forced = list(row_forced)
+        active = [r for r in range(n_rows) if not done[r]]
+        while active:
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=self.device)], dim=1)
-            out = self.model(
-                input_ids=current[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                past_key_values=cache, use_cache=True,
-            )
-            cache = out.past_key_values
+            free = [r for r in active if pending_forced[r] is None]
+            choice: dict[int, int] = {}
+            if free:
+                sampled = self._sample(logits, [row_phys[r] for r in free], [row_req[r] for r in free], gens, temperature, top_p, top_k)
+                for r, t in zip(free, sampled):
+                    choice[r] = t
+                    tokens[r].append(t)
+                    if retain:
+                        hiddens[r].append(hidden[row_phys[r]])
+                self.counters.add(generated_tokens=len(free))
+            for r in active:
+                if pending_forced[r] is not None:
+                    choice[r] = pending_forced[r]
+                    pending_forced[r] = None
+            still = []
+            for r in active:
+                generated = tokens[r]
+                if generated and (len(generated) >= row_limit[r] or generated[-1] in self._eos):
+                    done[r] = True
+                    if retain:
+                        self._retain_row(requests[row_req[r]].prefix, generated, hiddens[r], cache, mask, row_phys[r])
+                else:
+                    still.append(r)
+            active = still
+            if not active:
+                break
+            # New physical rows: one per distinct (parent row, next token).
+            new_index: dict[tuple[int, int], int] = {}
+            parents, step_tokens = [], []
+            for r in active:
+                key = (row_phys[r], choice[r])
+                if key not in new_index:
+                    new_index[key] = len(parents)
+                    parents.append(row_phys[r])
+                    step_tokens.append(choice[r])
+                row_phys[r] = new_index[key]
+            if parents != list(range(mask.shape[0])):
+                sel = torch.tensor(parents, device=self.device)
+                _select_cache(cache, sel)
+                mask, next_pos = mask.index_select(0, sel), next_pos.index_select(0, sel)
+            mask = torch.cat([mask, torch.ones((len(parents), 1), dtype=mask.dtype, device=self.device)], dim=1)
+            ids = torch.tensor(step_tokens, dtype=torch.long, device=self.device)[:, None]
+            cache, h, logits = self._forward(ids, mask, next_pos[:, None], cache, keep_last=True)
+            hidden = h[:, -1, :]
             next_pos = next_pos + 1
-            self.counters.add(forwarded_tokens=len(active), forward_calls=1)
-            step = self._sample(out.logits[:, -1, :].float(), [row_req[r] for r in active], gens, temperature, top_p, top_k)
-            current = step
-            values = step.tolist()
-            for b, r in enumerate(active):
-                tokens[r].append(values[b])
-                done[r] = finished(r)
-            self.counters.add(generated_tokens=len(active))
 
         out_lists: list[list[list[int]]] = [[] for _ in requests]
         for r in range(n_rows):
             out_lists[row_req[r]].append(tokens[r])
         return out_lists
 
-    def _sample(self, logits: torch.Tensor, row_req: list[int], gens, temperature, top_p, top_k) -> torch.Tensor:
+    def _retain_row(self, prefix, generated, hiddens, cache, mask, phys: int) -> None:
+        """Keep a finished sequence's KV (all but its last token) and its per-token hidden states."""
+        valid = mask[phys].bool()
+        kv = [(layer.keys[phys][:, valid, :].clone(), layer.values[phys][:, valid, :].clone()) for layer in cache.layers]
+        self._retained.add(tuple(prefix) + tuple(generated), len(prefix), kv, torch.stack(hiddens) if hiddens else None)
+
+    def _sample(self, logits: torch.Tensor, phys: list[int], row_req: list[int], gens, temperature, top_p, top_k) -> list[int]:
+        """One token per logical row, each drawn from its request's generator (batching-independent)."""
+        logits = logits.index_select(0, torch.tensor(phys, device=logits.device))
         if temperature == 0:
-            return logits.argmax(-1)
+            return logits.argmax(-1).tolist()
         logits = logits / temperature
         if top_k and top_k < logits.shape[-1]:
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
@@ -310,19 +416,62 @@ class HFBackend:
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, sorted_idx, sorted_p)
         probs = probs.cpu()
-        out = torch.empty(len(row_req), dtype=torch.long)
-        # Rows of one request draw from that request's generator, in row order: batching-independent.
+        out = [0] * len(row_req)
         by_req: dict[int, list[int]] = {}
         for b, ri in enumerate(row_req):
             by_req.setdefault(ri, []).append(b)
         for ri, rows in by_req.items():
-            idx = torch.tensor(rows)
-            out[idx] = torch.multinomial(probs.index_select(0, idx), 1, generator=gens[ri]).squeeze(-1)
-        return out.to(self.device)
+            drawn = torch.multinomial(probs.index_select(0, torch.tensor(rows)), 1, generator=gens[ri]).squeeze(-1).tolist()
+            for b, t in zip(rows, drawn):
+                out[b] = t
+        return out
 
 
-def _expand_cache(cache, select: torch.Tensor) -> None:
-    """Gather cache rows (prefix -> branch rows) in place; rows may repeat."""
+class _RetainedStore:
+    """Sampled sequences kept for reuse: KV of tokens[:-1] and the hidden state before each completion token.
+
+    Bounded by bytes; the oldest entries go first. Lookups are linear over entries (a few dozen per
+    question), each a C-level tuple comparison.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: "OrderedDict[tuple[int, ...], tuple[int, list, torch.Tensor | None, int]]" = OrderedDict()
+        self._bytes = 0
+
+    def add(self, tokens: tuple[int, ...], prefix_len: int, kv: list, hidden: torch.Tensor | None) -> None:
+        size = sum(k.numel() * k.element_size() * 2 for k, _ in kv) + (hidden.numel() * hidden.element_size() if hidden is not None else 0)
+        if size > self.max_bytes or tokens in self._entries:
+            return
+        self._entries[tokens] = (prefix_len, kv, hidden, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, (_, _, _, old) = self._entries.popitem(last=False)
+            self._bytes -= old
+
+    def lookup(self, prefix: tuple[int, ...]):
+        """(kv slices, hidden state predicting the next token) for ``prefix``, if a kept sequence covers it."""
+        n = len(prefix)
+        for tokens, (prefix_len, kv, hidden, _) in reversed(self._entries.items()):
+            # Needs KV for all n positions (kv covers len(tokens) - 1) and the hidden after position n - 1.
+            if n < prefix_len or n > len(tokens) - 1 or hidden is None or tokens[:n] != prefix:
+                continue
+            return [(k[:, :n, :], v[:, :n, :]) for k, v in kv], hidden[n - prefix_len]
+        return None
+
+    def hidden_for(self, context: Sequence[int], completion: Sequence[int]) -> torch.Tensor | None:
+        entry = self._entries.get(tuple(context) + tuple(completion))
+        if entry is None or entry[0] != len(context) or entry[2] is None:
+            return None
+        return entry[2]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+def _select_cache(cache, select: torch.Tensor) -> None:
+    """Gather cache rows in place (rows may repeat when a physical row splits)."""
     for layer in cache.layers:
         layer.keys = layer.keys.index_select(0, select)
         layer.values = layer.values.index_select(0, select)

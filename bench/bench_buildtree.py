@@ -1,0 +1,151 @@
+"""BuildTree throughput and prefix sharing, measured side by side with raw batched `generate`.
+
+Reports, as JSON (bench/results/buildtree.json):
+- raw: HF `model.generate` (sampling, batch = num_rollouts copies of one prompt, same max_new_tokens)
+  generated tokens per second, on the same model and dtype, run just before and after BuildTree;
+- buildtree: generated tokens (rollouts + continuations) per second of whole `Engine.build_tree`
+  calls (rollouts, scoring passes, node choice, continuations, verification all included);
+- ratio = buildtree / raw tokens per second;
+- forwarded: the student's forwarded token positions during BuildTree vs the tree's unique tokens
+  (distinct prefixes of prompt + completions, the prompt counted once), after removing the teacher
+  passes (teacher prompt + rollout per teacher per rollout), which are reported separately.
+
+Usage: .venv/bin/python bench/bench_buildtree.py [--questions 2] [--rollouts 8] [--max-new-tokens 64] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from gradalign_engine.config import ModelSpec, PromptConfig, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec  # noqa: E402
+from gradalign_engine.data import bundled_dataset_path, load_questions  # noqa: E402
+from gradalign_engine.pipeline import Engine  # noqa: E402
+from gradalign_engine.prompts import render_prompt  # noqa: E402
+
+
+def unique_tokens(tree) -> int:
+    """Distinct prefixes of prompt + completion over every sequence of the tree (prompt once)."""
+    root: dict = {}
+    count = 0
+    seqs = [r.tokens for r in tree.rollouts] + [c.full_tokens(tree.rollouts[c.rollout_index]) for c in tree.continuations]
+    for seq in seqs:
+        node = root
+        for t in seq:
+            if t not in node:
+                node[t] = {}
+                count += 1
+            node = node[t]
+    return len(tree.prompt_ids) + count
+
+
+def raw_generate_tps(backend, prompt: list[int], rows: int, max_new: int, temperature: float, repeats: int = 2) -> dict:
+    model, tok = backend.model, backend.tokenizer
+    ids = torch.tensor([prompt] * rows, device=backend.device)
+    gen_tokens, seconds = 0, 0.0
+    for rep in range(repeats):
+        torch.manual_seed(rep)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
+                                 top_k=0, top_p=1.0, max_new_tokens=max_new, pad_token_id=backend.pad_id)
+        seconds += time.perf_counter() - t0
+        new = out[:, ids.shape[1]:]
+        eos = list(backend.eos_token_ids)
+        for row in new.tolist():
+            n = len(row)
+            for j, t in enumerate(row):
+                if t in eos:
+                    n = j + 1
+                    break
+            gen_tokens += n
+    return {"generated_tokens": gen_tokens, "seconds": round(seconds, 3), "tokens_per_second": gen_tokens / seconds}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--questions", type=int, default=2)
+    ap.add_argument("--rollouts", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--continuations", type=int, default=4)
+    ap.add_argument("--nodes-per-path", type=int, default=4)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--tiny", default=None, help="a tiny model directory instead of SmolLM2 (smoke runs)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "buildtree.json"))
+    args = ap.parse_args()
+
+    model = args.tiny or "smollm2-135m"
+    config = RunConfig(
+        student=ModelSpec(model=model, dtype=args.dtype, device="cpu"),
+        teachers=(TeacherSpec(name="correct_demo", context="correct_demo"),),
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
+        rollouts=RolloutConfig(num_rollouts=args.rollouts, nodes_per_window=1, nodes_per_path=args.nodes_per_path,
+                               candidate_top_k=3, continuations=args.continuations),
+        prompt=PromptConfig(),
+    )
+    engine = Engine(config)
+    backend = engine.student
+    questions = load_questions(bundled_dataset_path("demo"), limit=args.questions)
+    prompt0 = render_prompt(backend.tokenizer, questions[0], config.prompt)
+
+    raw_before = raw_generate_tps(backend, prompt0, args.rollouts, args.max_new_tokens, config.sampling.temperature)
+    trees = []
+    built = {"generated_tokens": 0, "seconds": 0.0, "student_forwarded": 0, "teacher_forwarded": 0, "unique_tokens": 0}
+    for q in questions:
+        before = backend.counters.snapshot()
+        t0 = time.perf_counter()
+        tree = engine.build_tree(q)
+        seconds = time.perf_counter() - t0
+        after = backend.counters.snapshot()
+        teacher = engine.teachers["correct_demo"]
+        teacher_tokens = 0
+        for r in tree.rollouts:
+            ids, _ = teacher.prompt_ids(tree, r.index)
+            if ids is not None and r.tokens:
+                teacher_tokens += len(ids) + len(r.tokens)
+        forwarded = after["forwarded_tokens"] - before["forwarded_tokens"]
+        gen = after["generated_tokens"] - before["generated_tokens"]
+        uniq = unique_tokens(tree)
+        trees.append({"question": q.id, "seconds": round(seconds, 3), "generated_tokens": gen, "student_forwarded": forwarded - teacher_tokens,
+                      "teacher_forwarded": teacher_tokens, "unique_tokens": uniq, "rollouts": len(tree.rollouts),
+                      "continuations": len(tree.continuations), "nodes": len(tree.nodes), "correct": tree.summary.correct})
+        built["generated_tokens"] += gen
+        built["seconds"] += seconds
+        built["student_forwarded"] += forwarded - teacher_tokens
+        built["teacher_forwarded"] += teacher_tokens
+        built["unique_tokens"] += uniq
+        backend.clear_prefix_cache()
+    raw_after = raw_generate_tps(backend, prompt0, args.rollouts, args.max_new_tokens, config.sampling.temperature)
+
+    raw_tps = (raw_before["generated_tokens"] + raw_after["generated_tokens"]) / (raw_before["seconds"] + raw_after["seconds"])
+    tree_tps = built["generated_tokens"] / built["seconds"]
+    result = {
+        "benchmark": "buildtree_vs_raw_generate",
+        "model": model, "dtype": args.dtype, "device": "cpu", "torch_threads": torch.get_num_threads(),
+        "machine": platform.platform(), "settings": vars(args),
+        "raw_generate": {"before": raw_before, "after": raw_after, "tokens_per_second": raw_tps},
+        "buildtree": {**built, "seconds": round(built["seconds"], 3), "tokens_per_second": tree_tps},
+        "throughput_ratio": tree_tps / raw_tps,
+        "forwarded_over_unique": built["student_forwarded"] / built["unique_tokens"],
+        "trees": trees,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("throughput_ratio", "forwarded_over_unique")}, indent=2))
+    print(f"raw generate {raw_tps:.1f} tok/s | BuildTree {tree_tps:.1f} tok/s | student forwarded {built['student_forwarded']} "
+          f"vs unique {built['unique_tokens']} | teacher forwarded {built['teacher_forwarded']}")
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

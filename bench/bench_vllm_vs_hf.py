@@ -1,0 +1,186 @@
+"""Benchmark: the same tree workload through the HF backend and the vLLM backend, side by side.
+
+Each side builds the same trees (``Engine.build_tree`` on the first questions of the bundled demo
+set: base rollouts, student scoring, forced continuations) in its own fresh process, one after the
+other, so that neither inherits the other's threads or memory. Reported per side: generated
+tokens, seconds inside ``generate`` and generated tokens/s there, and whole-tree seconds (which also
+include the exact scoring pass, done by transformers on both sides). The JSON goes to
+``bench/results/vllm_vs_hf.json``.
+
+Run it in the vLLM virtual environment (``bash scripts/setup_vllm_venv.sh`` first)::
+
+    .venv-vllm/bin/python bench/bench_vllm_vs_hf.py            # SmolLM2-135M, a few minutes on 2 cores
+    .venv-vllm/bin/python bench/bench_vllm_vs_hf.py --tiny     # the tiny random test model, ~1 minute
+
+The two sides sample with different random streams (vLLM's sampler is not the HF loop), so their
+trees differ in content and length; tokens/s is the comparable figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "bench" / "results" / "vllm_vs_hf.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="model name or directory (default smollm2-135m)")
+    p.add_argument("--tiny", action="store_true", help="use the tiny random test model instead")
+    p.add_argument("--questions", type=int, default=2, help="demo questions (default 2)")
+    p.add_argument("--rollouts", type=int, default=8, help="base rollouts per question (default 8)")
+    p.add_argument("--continuations", type=int, default=4, help="continuations per candidate (default 4)")
+    p.add_argument("--max-continuations", type=int, default=48, help="continuation budget per question (default 48)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="completion length limit (default 64)")
+    p.add_argument("--kv-gib", type=float, default=1.0, help="vLLM KV cache in GiB (default 1)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--side", choices=("hf", "vllm"), help=argparse.SUPPRESS)  # internal: run one side
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def run_side(args: argparse.Namespace) -> dict:
+    """Build the trees with one backend in this process; return its measurements."""
+    if args.side == "vllm":
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+
+    from gradalign_engine.backends import BranchRequest, load_backend
+    from gradalign_engine.config import ModelSpec, RolloutConfig, RunConfig, SamplingConfig
+    from gradalign_engine.data import bundled_dataset_path, load_questions
+    from gradalign_engine.pipeline import Engine
+
+    spec = ModelSpec(model=args.model_dir, backend=args.side, device="cpu", dtype=args.dtype,
+                     vllm_kv_cache_bytes=int(args.kv_gib * 1024**3))
+    config = RunConfig(
+        student=spec,
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
+        rollouts=RolloutConfig(num_rollouts=args.rollouts, continuations=args.continuations,
+                               nodes_per_window=1, nodes_per_path=6, max_continuations=args.max_continuations),
+        seed=args.seed,
+    )
+    started = time.perf_counter()
+    backend = load_backend(spec)
+    load_s = time.perf_counter() - started
+
+    # Time the sampling calls themselves (the engine also scores and verifies in between).
+    timing = {"generate_s": 0.0, "generate_calls": 0}
+    inner = backend.generate
+
+    def timed_generate(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return inner(*a, **kw)
+        finally:
+            timing["generate_s"] += time.perf_counter() - t0
+            timing["generate_calls"] += 1
+
+    backend.generate = timed_generate  # type: ignore[method-assign]
+    engine = Engine(config, backends={"student": backend})
+    try:
+        # Warm-up (first-call allocations, vLLM's first schedule): not measured.
+        inner([BranchRequest(prefix=tuple(backend.tokenizer.encode("1 + 1 =")) or (1,), n=2, max_new_tokens=4, seed=1)], temperature=1.0)
+        generated_before = backend.counters.snapshot()["generated_tokens"]
+        questions = load_questions(bundled_dataset_path("demo"), limit=args.questions)
+        trees = []
+        t0 = time.perf_counter()
+        for q in questions:
+            tree = engine.build_tree(q)
+            trees.append({"question": q.id, "rollouts": tree.summary.rollouts, "correct": tree.summary.correct,
+                          "nodes": tree.summary.nodes_analysed, "continuations": tree.summary.continuations,
+                          "tokens_generated": tree.summary.tokens_generated, "seconds": tree.summary.seconds})
+        tree_s = time.perf_counter() - t0
+        generated = backend.counters.snapshot()["generated_tokens"] - generated_before
+    finally:
+        engine.close()
+    return {
+        "backend": args.side,
+        "load_s": round(load_s, 2),
+        "generated_tokens": generated,
+        "generate_s": round(timing["generate_s"], 3),
+        "generate_calls": timing["generate_calls"],
+        "generate_tokens_per_s": round(generated / timing["generate_s"], 1) if timing["generate_s"] else None,
+        "tree_s": round(tree_s, 3),
+        "tree_tokens_per_s": round(generated / tree_s, 1) if tree_s else None,
+        "torch_threads": torch.get_num_threads(),
+        "trees": trees,
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.side:
+        print(json.dumps(run_side(args)))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="gradalign-bench-") as tmp:
+        if args.tiny:
+            sys.path.insert(0, str(REPO / "tests"))
+            from conftest import make_tiny_model_dir
+
+            model_dir, model_name = str(make_tiny_model_dir(Path(tmp) / "tiny")), "tiny-random-llama"
+        else:
+            from gradalign_engine.models import resolve_model
+
+            resolved = resolve_model(args.model)  # converts a built-in once, before either side runs
+            model_dir, model_name = str(resolved.path), resolved.name
+        sides = {}
+        for side in ("hf", "vllm"):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--model-dir", model_dir,
+                   "--questions", str(args.questions), "--rollouts", str(args.rollouts),
+                   "--continuations", str(args.continuations), "--max-continuations", str(args.max_continuations),
+                   "--max-new-tokens", str(args.max_new_tokens), "--kv-gib", str(args.kv_gib),
+                   "--dtype", args.dtype, "--seed", str(args.seed)]
+            print(f"[bench] {side}: building {args.questions} tree(s) with {model_name} ...", file=sys.stderr, flush=True)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stderr[-6000:])
+                print(f"[bench] {side} failed (exit {proc.returncode})", file=sys.stderr)
+                return 1
+            sides[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+            s = sides[side]
+            print(f"[bench] {side}: {s['generated_tokens']} tokens, {s['generate_tokens_per_s']} tok/s in generate, "
+                  f"trees {s['tree_s']} s", file=sys.stderr, flush=True)
+
+    import torch
+    import transformers
+    import vllm
+
+    hf, vl = sides["hf"], sides["vllm"]
+    result = {
+        "benchmark": "vllm_vs_hf",
+        "model": model_name,
+        "workload": {"questions": args.questions, "num_rollouts": args.rollouts, "continuations": args.continuations,
+                     "max_continuations": args.max_continuations, "max_new_tokens": args.max_new_tokens,
+                     "dtype": args.dtype, "seed": args.seed},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "transformers": transformers.__version__, "vllm": vllm.__version__},
+        "hf": hf,
+        "vllm": vl,
+        "ratio_generate_tokens_per_s": round(vl["generate_tokens_per_s"] / hf["generate_tokens_per_s"], 3)
+        if hf["generate_tokens_per_s"] and vl["generate_tokens_per_s"] else None,
+        "ratio_tree_tokens_per_s": round(vl["tree_tokens_per_s"] / hf["tree_tokens_per_s"], 3)
+        if hf["tree_tokens_per_s"] and vl["tree_tokens_per_s"] else None,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("model", "ratio_generate_tokens_per_s", "ratio_tree_tokens_per_s")}
+                     | {"hf_tok_s": hf["generate_tokens_per_s"], "vllm_tok_s": vl["generate_tokens_per_s"]}))
+    print(f"[bench] wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
