@@ -9,11 +9,13 @@ include the exact scoring pass, done by transformers on both sides). The JSON go
 
 Run it in the vLLM virtual environment (``bash scripts/setup_vllm_venv.sh`` first)::
 
-    .venv-vllm/bin/python bench/bench_vllm_vs_hf.py            # SmolLM2-135M, a few minutes on 2 cores
+    .venv-vllm/bin/python bench/bench_vllm_vs_hf.py            # SmolLM2-135M, a few minutes on 2 idle cores
     .venv-vllm/bin/python bench/bench_vllm_vs_hf.py --tiny     # the tiny random test model, ~1 minute
 
 The two sides sample with different random streams (vLLM's sampler is not the HF loop), so their
-trees differ in content and length; tokens/s is the comparable figure.
+trees differ in content and length; tokens/s is the comparable figure. On a small shared machine
+the figures swing with other load (OpenMP threads spin-wait when a core is taken): the JSON records
+the load average, and ``--threads 1`` makes both sides less sensitive to it.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="model name or directory (default smollm2-135m)")
     p.add_argument("--tiny", action="store_true", help="use the tiny random test model instead")
-    p.add_argument("--questions", type=int, default=2, help="demo questions (default 2)")
+    p.add_argument("--questions", type=int, default=1, help="demo questions (default 1)")
     p.add_argument("--rollouts", type=int, default=8, help="base rollouts per question (default 8)")
     p.add_argument("--continuations", type=int, default=4, help="continuations per candidate (default 4)")
-    p.add_argument("--max-continuations", type=int, default=48, help="continuation budget per question (default 48)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="completion length limit (default 64)")
+    p.add_argument("--max-continuations", type=int, default=32, help="continuation budget per question (default 32)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="completion length limit (default 48)")
+    p.add_argument("--threads", type=int, help="OMP/torch threads of each side (default: torch's default)")
     p.add_argument("--kv-gib", type=float, default=1.0, help="vLLM KV cache in GiB (default 1)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--seed", type=int, default=0)
@@ -90,7 +93,10 @@ def run_side(args: argparse.Namespace) -> dict:
     engine = Engine(config, backends={"student": backend})
     try:
         # Warm-up (first-call allocations, vLLM's first schedule): not measured.
-        inner([BranchRequest(prefix=tuple(backend.tokenizer.encode("1 + 1 =")) or (1,), n=2, max_new_tokens=4, seed=1)], temperature=1.0)
+        # The vLLM backend also loads its transformers scoring twin on its first score() call.
+        warm = tuple(backend.tokenizer.encode("1 + 1 =")) or (1,)
+        inner([BranchRequest(prefix=warm, n=2, max_new_tokens=4, seed=1)], temperature=1.0)
+        backend.score([list(warm)], [list(warm)])
         generated_before = backend.counters.snapshot()["generated_tokens"]
         questions = load_questions(bundled_dataset_path("demo"), limit=args.questions)
         trees = []
@@ -144,6 +150,8 @@ def main(argv=None) -> int:
                    "--dtype", args.dtype, "--seed", str(args.seed)]
             print(f"[bench] {side}: building {args.questions} tree(s) with {model_name} ...", file=sys.stderr, flush=True)
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+            if args.threads:
+                env["OMP_NUM_THREADS"] = str(args.threads)
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
             if proc.returncode != 0:
                 sys.stderr.write(proc.stderr[-6000:])
@@ -162,9 +170,10 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "vllm_vs_hf",
         "model": model_name,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "workload": {"questions": args.questions, "num_rollouts": args.rollouts, "continuations": args.continuations,
                      "max_continuations": args.max_continuations, "max_new_tokens": args.max_new_tokens,
-                     "dtype": args.dtype, "seed": args.seed},
+                     "dtype": args.dtype, "seed": args.seed, "threads": args.threads},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "transformers": transformers.__version__, "vllm": vllm.__version__},
         "hf": hf,

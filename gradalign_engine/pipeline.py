@@ -391,14 +391,17 @@ class Engine:
         return out
 
     def _adaptive(self, tree: RolloutTree, nodes: list[AnalysisNode], rcfg: RolloutConfig, scfg: SamplingConfig, seed: int, cancel) -> None:
-        """Method.md step 6: spend extra continuations where they most reduce the error of g*.
+        """Method.md step 6: spend extra continuations where they most reduce the error of alignment.
 
-        The error of g*_j = p~_j (v_j - v_bar) is dominated by p~_j^2 Var(v_j); one more sample of child
-        j lowers that variance by about p~_j^2 v_j (1 - v_j) / (n_j (n_j + 1)). Each round gives
-        ``adaptive_batch`` continuations to the children with the largest expected reduction.
+        The cosine's error at a node is driven by the relative error of g*, whose component
+        g*_j = p~_j (v_j - v_bar) has variance about p~_j^2 v_j (1 - v_j) / n_j. One more sample of child j
+        lowers that by p~_j^2 v_j (1 - v_j) / (n_j (n_j + 1)); dividing by ||g*||^2 (floored) makes the
+        reduction relative, so nodes whose direction is still uncertain come first. Each round gives
+        ``adaptive_batch`` continuations to the top eighth of the children, then re-estimates.
         """
         left = rcfg.adaptive_continuations
         probs = self._node_student_probs(tree, nodes, scfg)
+        floor = max(self.config.analysis.min_ideal_norm, 1e-2) ** 2
         while left > 0:
             counter = tree.counter()
             gains: list[tuple[float, int, int]] = []
@@ -408,21 +411,23 @@ class Engine:
                 cands = node.candidates
                 p = np.array([probs[ni][c] for c in cands], dtype=np.float64)
                 p = p / p.sum()
+                n = np.array([counts[c].visits if c in counts else 0 for c in cands], dtype=np.float64)
+                s = np.array([counts[c].successes if c in counts else 0 for c in cands], dtype=np.float64)
+                v = (s + 0.5) / (n + 1.0)  # Jeffreys-smoothed, so unexplored children still score
+                g = p * (v - float(p @ v))
+                scale = max(float(g @ g), floor)
                 for j, c in enumerate(cands):
-                    n = counts[c].visits if c in counts else 0
-                    s = counts[c].successes if c in counts else 0
-                    v = (s + 0.5) / (n + 1.0)  # Jeffreys-smoothed, so unexplored children still score
-                    gains.append((p[j] ** 2 * v * (1 - v) / ((n + 1) * (n + 2)), ni, c))
-            gains.sort(key=lambda g: -g[0])
+                    gains.append((p[j] ** 2 * v[j] * (1 - v[j]) / ((n[j] + 1) * (n[j] + 2)) / scale, ni, c))
+            gains.sort(key=lambda g: (-g[0], g[1], g[2]))
             per_child = rcfg.adaptive_batch
-            picks = gains[: max(1, min(len(gains), left // per_child))]
+            picks = gains[: max(1, len(gains) // 8)]
             work = []
             for _, ni, c in picks:
-                n = min(per_child, left)
-                if n <= 0:
+                n_take = min(per_child, left)
+                if n_take <= 0:
                     break
-                work.append((nodes[ni], c, n))
-                left -= n
+                work.append((nodes[ni], c, n_take))
+                left -= n_take
             if not work:
                 break
             tree.continuations.extend(self._continue(tree, work, scfg, seed, cancel, adaptive=True))

@@ -67,7 +67,8 @@ def generate(out_dir: Path) -> list[Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed (see the messages above)")
     files = []
-    for path in sorted(out_dir.rglob("*.py*")):
+    generated = [p for p in out_dir.rglob("*") if p.suffix in (".py", ".pyi") and "__pycache__" not in p.parts]
+    for path in sorted(generated):
         text = path.read_text()
         fixed = _IMPORT_RE.sub(r"from . import \1", text)
         fixed = _PLAIN_IMPORT_RE.sub(r"from . import \1 as \2", fixed)

@@ -135,6 +135,7 @@ def test_table_csv_and_gate(tmp_path):
     report = _report()
     text = format_table(report)
     assert text.index("good") < text.index("bad") and "95% CI" in text
+    assert "skipped records by reason: too_few_candidates 1" in text
     write_csv(report, str(tmp_path / "t.csv"))
     rows = (tmp_path / "t.csv").read_text().splitlines()
     assert rows[0].startswith("method,rank,teacher,mean_cosine") and len(rows) == 3

@@ -12,67 +12,14 @@ completion succeeds when its text contains "a b". Against that ground truth:
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 
 import numpy as np
 import pytest
-import torch
 
+from exact_toy import QUESTION, ExactToy, alignment_error, toy_config as _config
 from gradalign_engine import gradients as G
-from gradalign_engine.config import AnalysisConfig, ModelSpec, PromptConfig, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec
-from gradalign_engine.data import Question
 from gradalign_engine.pipeline import Engine
-from gradalign_engine.prompts import render_prompt
-
-MAX_NEW = 4
-QUESTION = Question(id="toy", question="q", answer="b", verifier="regex", extra={"verifier_options": {"pattern": "b"}})
-TEACHER_CONTEXT = "q a b a b"
-
-
-def _config(model_dir, *, rollouts: int = 16, continuations: int = 4, interval: str = "wilson", seed: int = 0, dtype: str = "float32") -> RunConfig:
-    return RunConfig(
-        student=ModelSpec(model=str(model_dir), dtype=dtype, device="cpu"),
-        teachers=(TeacherSpec(name="ctx", kind="self", context="template", template=TEACHER_CONTEXT),),
-        sampling=SamplingConfig(max_new_tokens=MAX_NEW),
-        prompt=PromptConfig(mode="raw"),
-        rollouts=RolloutConfig(num_rollouts=rollouts, continuations=continuations, nodes_per_window=2, nodes_per_path=5,
-                               candidate_top_k=3, min_token_prob=0.0, max_continuations=10**6, interval=interval),
-        analysis=AnalysisConfig(methods=("forward_kl", "reverse_kl", "jsd"), min_ideal_norm=0.0, bootstrap_samples=0),
-        seed=seed,
-    )
-
-
-class ExactToy:
-    """Ground truth by enumeration: next-token distributions and P_succ of every completion prefix."""
-
-    def __init__(self, model_dir):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).double().eval()
-        self.eos = self.tok.eos_token_id
-        self.student_prompt = render_prompt(self.tok, QUESTION, PromptConfig(mode="raw"))
-        self.teacher_prompt = render_prompt(self.tok, QUESTION, PromptConfig(mode="raw"), context=TEACHER_CONTEXT)
-
-    @functools.lru_cache(maxsize=None)
-    def dist(self, prompt: tuple[int, ...], completion: tuple[int, ...]) -> np.ndarray:
-        with torch.no_grad():
-            logits = self.model(torch.tensor([list(prompt) + list(completion)])).logits[0, -1]
-        return torch.softmax(logits, -1).numpy()
-
-    def success(self, completion: tuple[int, ...]) -> bool:
-        return "b" in self.tok.decode(list(completion), skip_special_tokens=True)
-
-    @functools.lru_cache(maxsize=None)
-    def p_succ(self, completion: tuple[int, ...]) -> float:
-        """P(success | the student has written ``completion``), enumerating every continuation."""
-        if (completion and completion[-1] == self.eos) or len(completion) >= MAX_NEW:
-            return float(self.success(completion))
-        probs = self.dist(tuple(self.student_prompt), completion)
-        return float(sum(probs[j] * self.p_succ(completion + (j,)) for j in range(len(probs))))
-
 
 @pytest.fixture(scope="module")
 def exact(toy_model_dir) -> ExactToy:
@@ -146,27 +93,11 @@ def test_intervals_cover_exact_success_probabilities(toy_model_dir, exact, inter
     assert coverage >= floor, f"{interval} coverage {coverage:.3f} over {total} intervals (nominal {nominal})"
 
 
-def _alignment_error(engine, exact, seed: int) -> tuple[float, int]:
-    tree = engine.build_tree(QUESTION, seed=seed)
-    errors = []
-    for rec in engine.score_tree(tree, ["ctx"], ["reverse_kl"]):
-        support = [c for c in rec.candidates if c.in_support]
-        if rec.cosine is None or len(support) < 2:
-            continue
-        prefix = _prefix(tree, rec)
-        p = np.array([c.p_renorm for c in support])
-        v_exact = np.array([exact.p_succ(prefix + (c.token_id,)) for c in support])
-        exact_cos = G.cosine(G.ideal_gradient(p, v_exact), np.array(rec.distill))
-        if exact_cos is not None:
-            errors.append(abs(rec.cosine - exact_cos))
-    return float(np.mean(errors)), len(errors)
-
-
 def test_alignment_converges_to_exact_alignment(toy_model_dir, exact):
     means = []
     for m in (2, 8, 64):
         engine = Engine(_config(toy_model_dir, continuations=m, rollouts=8))
-        errs = [_alignment_error(engine, exact, seed) for seed in range(3)]
+        errs = [alignment_error(engine, exact, seed) for seed in range(3)]
         means.append(float(np.mean([e for e, _ in errs])))
         assert all(n > 5 for _, n in errs)
     print("mean |cos - exact cos| at M=2, 8, 64:", means)

@@ -235,8 +235,8 @@ def test_vet_and_async_client(served, tmp_path):
     dataset = tmp_path / "d.jsonl"
     dataset.write_text(json.dumps(QUESTION) + "\n" + json.dumps(QUESTION_2) + "\n")
     seen = []
-    report = client.vet(dataset, ["demo"], ["forward_kl"], limit=2, progress=lambda d, t, r: seen.append((d, t, r.question_id)))
-    assert seen == [(1, 2, "q1"), (2, 2, "q2")]
+    report = client.vet(dataset, ["demo"], ["forward_kl"], limit=2, progress=lambda d, t, r: seen.append((d, t, r and r.question_id)))
+    assert seen == [(0, 2, None), (1, 2, "q1"), (2, 2, "q2")]
     assert [e.teacher for e in report.ranking] == ["demo"]
 
     async def run():
@@ -458,6 +458,9 @@ def test_store_survives_restart(engine, tmp_path):
         report = client.score_teacher([tree.tree_id])
         records = list(client.stream_alignments([tree.tree_id], include_skipped=True))
     server.stop(grace=1)  # a server given an engine leaves it open (close_engine defaults to False)
+    from grpc_health.v1 import health_pb2
+
+    assert server.health.Check(health_pb2.HealthCheckRequest(service=""), None).status == health_pb2.HealthCheckResponse.NOT_SERVING
 
     server, port = create_server(engine, db_path=db, metrics_port=0)
     try:

@@ -24,7 +24,7 @@ from gradalign_engine.config import (  # noqa: E402
     AnalysisConfig, ModelSpec, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec,
 )
 from gradalign_engine.data import Question  # noqa: E402
-from gradalign_engine.errors import Cancelled  # noqa: E402
+from gradalign_engine.errors import Cancelled, ConfigError  # noqa: E402
 from gradalign_engine.pipeline import Engine  # noqa: E402
 
 KV_BYTES = 256 * 1024**2
@@ -126,12 +126,15 @@ def test_many_seeded_requests_beyond_one_step_token_budget(vb):
     assert vb.generate(requests[7:8], **SAMPLE) == out[7:8]
 
 
-def test_zero_new_tokens_gives_empty_continuations_without_vllm(vb):
+def test_zero_new_tokens_or_forced_eos_give_empty_continuations_without_vllm(vb, hb):
+    requests = [BranchRequest(prefix=PROMPT, forced=(20, 21), n=2, max_new_tokens=0, seed=1),
+                BranchRequest(prefix=OTHER, n=3, max_new_tokens=0),
+                BranchRequest(prefix=OTHER, forced=(1,), n=2, max_new_tokens=5)]  # 1 is <eos>
     before = vb.counters.snapshot()
-    out = vb.generate([BranchRequest(prefix=PROMPT, forced=(20, 21), n=2, max_new_tokens=0, seed=1),
-                       BranchRequest(prefix=OTHER, n=3, max_new_tokens=0)], **SAMPLE)
-    assert out == [[[], [], [], []], [[], [], []]]
+    out = vb.generate(requests, **SAMPLE)
+    assert out == [[[], [], [], []], [[], [], []], [[], []]]
     assert vb.counters.snapshot() == before
+    assert hb.generate(requests, **SAMPLE) == out
 
 
 def test_counters_count_generated_tokens(vb):
@@ -215,6 +218,18 @@ def test_cancellation_before_and_during_generation(vb):
 def test_requests_beyond_the_context_are_refused(vb):
     with pytest.raises(ValueError, match="exceeds the vLLM context"):
         vb.generate([BranchRequest(prefix=PROMPT, n=1, max_new_tokens=vb.max_model_len)], **SAMPLE)
+
+
+def test_unsupported_specs_are_refused_before_loading(tmp_path, tiny_model_dir):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(ConfigError, match="not .gguf files"):
+        VLLMBackend(ModelSpec(model=str(gguf), backend="vllm"))
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        with pytest.raises(ConfigError, match="CPU-only"):
+            VLLMBackend(ModelSpec(model=str(tiny_model_dir), backend="vllm", device="cuda"))
 
 
 def test_engine_builds_and_scores_a_tree_with_a_vllm_student(tiny_model_dir):

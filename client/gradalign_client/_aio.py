@@ -244,6 +244,8 @@ class AsyncClient:
         questions = _load_questions(dataset, limit)
         if not questions:
             raise GradalignError("INVALID_ARGUMENT", f"dataset={str(dataset)!r}: no questions")
+        if progress is not None:
+            progress(0, len(questions), None)
         tree_ids = []
         for done, question in enumerate(questions, start=1):
             result = await self.build_tree(question, settings=settings, seed=seed, target_teachers=teachers, timeout=timeout)

@@ -28,8 +28,9 @@ from ._types import (
 
 __all__ = ["Client", "channel_options", "ProgressCallback", "HEALTH_STATUSES"]
 
-#: ``progress(done, total, result)`` after each tree of :meth:`Client.vet`.
-ProgressCallback = Callable[[int, int, BuildTreeResult], None]
+#: ``progress(done, total, result)``: once with ``(0, total, None)`` before the first tree of
+#: :meth:`Client.vet`, then after each tree with its :class:`BuildTreeResult`.
+ProgressCallback = Callable[[int, int, "BuildTreeResult | None"], None]
 #: grpc.health.v1 ServingStatus names by number.
 HEALTH_STATUSES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
@@ -398,7 +399,7 @@ class Client:
         limit : int, optional
             Use only the first ``limit`` questions.
         progress : callable, optional
-            ``progress(done, total, result)`` after each tree.
+            ``progress(done, total, result)``: ``(0, total, None)`` first, then after each tree.
         settings, analysis, seed
             As in :meth:`build_tree` and :meth:`score_teacher`.
         timeout : float, optional
@@ -418,6 +419,8 @@ class Client:
         questions = _load_questions(dataset, limit)
         if not questions:
             raise GradalignError("INVALID_ARGUMENT", f"dataset={str(dataset)!r}: no questions")
+        if progress is not None:
+            progress(0, len(questions), None)
         tree_ids = []
         for done, question in enumerate(questions, start=1):
             result = self.build_tree(question, settings=settings, seed=seed, target_teachers=teachers, timeout=timeout)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ._types import Report
 
-__all__ = ["table_rows", "format_table", "write_csv", "gate_value"]
+__all__ = ["table_rows", "format_table", "write_csv", "gate_value", "skip_reasons"]
 
 COLUMNS = (
     "method", "rank", "teacher", "mean_cosine", "ci_low", "ci_high", "weighted_cosine", "pooled_cosine",
@@ -76,7 +76,20 @@ def format_table(report: Report) -> str:
         f"\n{report.records} records; mean = mean cosine(ideal, teacher update) over analysed nodes, "
         f"CI by a {report.bootstrap_unit}-level bootstrap ({report.bootstrap_samples} resamples).\n"
     )
+    reasons = skip_reasons(report)
+    if reasons:
+        out.write("skipped records by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.items()) + "\n")
     return out.getvalue()
+
+
+def skip_reasons(report: Report) -> dict[str, int]:
+    """Skipped records by reason over every teacher and method (the 'all' split), most frequent first."""
+    totals: dict[str, int] = {}
+    for g in report.groups:
+        if g.split == "all":
+            for reason, count in g.skip_reasons.items():
+                totals[reason] = totals.get(reason, 0) + count
+    return dict(sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def write_csv(report: Report, path: str) -> None:

@@ -7,6 +7,7 @@ values are ``None`` when the server left them unset.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,9 +241,7 @@ class AlignmentRecord:
         return self.cosine is None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict with the same keys as the engine's ``AlignmentRecord.to_dict``."""
-        import dataclasses
-
+        """Plain dict with the same keys as the engine's ``AlignmentRecord.to_dict``."""
         return dataclasses.asdict(self)
 
 
@@ -357,7 +356,5 @@ class Report:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN stays a float; ``json.dumps`` writes it as NaN)."""
-        import dataclasses
-
+        """Plain dict (NaN stays a float; ``json.dumps`` writes it as NaN)."""
         return dataclasses.asdict(self)

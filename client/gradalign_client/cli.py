@@ -61,13 +61,17 @@ def _progress() -> tuple[Callable, Callable[[], None]]:
     state: dict = {}
 
     def update(done: int, total: int, result) -> None:
-        note = f"{result.question_id}: {result.summary.correct}/{result.summary.rollouts} correct" + (" (cached)" if result.summary.cache_hit else "")
+        if result is None:
+            note = "building trees"
+        else:
+            note = f"{result.question_id}: {result.summary.correct}/{result.summary.rollouts} correct" + (" (cached)" if result.summary.cache_hit else "")
         if tqdm is not None:
             bar = state.get("bar")
             if bar is None:
                 bar = state["bar"] = tqdm(total=total, desc="trees", unit="q", file=sys.stderr)
             bar.set_postfix_str(note)
-            bar.update(1)
+            if result is not None:
+                bar.update(1)
         else:
             print(f"\r[{done}/{total}] {note}".ljust(60), end="" if done < total else "\n", file=sys.stderr, flush=True)
 
@@ -113,7 +117,8 @@ def cmd_vet(args: argparse.Namespace) -> int:
         trees: list[str] = []
 
         def progress(done, total, result):
-            trees.append(result.tree_id)
+            if result is not None:
+                trees.append(result.tree_id)
             if update is not None:
                 update(done, total, result)
 

@@ -111,13 +111,15 @@ class VLLMBackend:
         self._closed = False
 
         resolved = resolve_model(spec.model)
-        self._resolved = resolved
-        kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(resolved.path, **kwargs)
-        hf_config = AutoConfig.from_pretrained(resolved.path, **kwargs)
+        if resolved.gguf_file:
+            # vLLM 0.32 cannot load a GGUF without a matching HF config and tokenizer, and not at all
+            # on the CPU. Built-in names are converted to a model directory by resolve_model.
+            raise ConfigError("model", spec.model, "the vLLM backend loads Hugging Face model directories, not .gguf files; use backend 'hf' or a converted directory")
+        self.tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+        hf_config = AutoConfig.from_pretrained(resolved.path)
         eos: set[int] = set()
         try:
-            gen_config = GenerationConfig.from_pretrained(resolved.path, **kwargs)
+            gen_config = GenerationConfig.from_pretrained(resolved.path)
         except (OSError, ValueError):
             gen_config = GenerationConfig.from_model_config(hf_config)
         # The same set as the HF backend: the tokenizer's EOS plus the generation config's.
@@ -149,23 +151,19 @@ class VLLMBackend:
             max_model_len=self.max_model_len,
             max_logprobs=-1,  # lets score_vllm ask for prompt_logprobs=-1 (the full vocabulary)
         )
-        model_arg = str(resolved.path / resolved.gguf_file) if resolved.gguf_file else str(resolved.path)
         if self.device == "cpu":
             # vLLM's CPU runner cannot rewind a seeded request's generator when a chunked prefill
             # discards a sample ("CPU Generator does not use offset"), which happens as soon as one
             # step's prompts exceed the token budget: schedule whole prompts only.
             llm_kwargs["enable_chunked_prefill"] = False
             llm_kwargs["max_num_batched_tokens"] = max(self.max_model_len or 0, 8192)
-        if resolved.gguf_file:
-            llm_kwargs["hf_config_path"] = str(resolved.path) if (resolved.path / "config.json").is_file() else None
-            llm_kwargs = {k: v for k, v in llm_kwargs.items() if v is not None}
         # vLLM seeds the global RNGs of the process that hosts its engine; keep the caller's streams.
         global _live_engines
         self._in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         rng_state = _save_rng()
         try:
             with _live_lock:
-                self._llm = LLM(model=model_arg, **llm_kwargs)
+                self._llm = LLM(model=str(resolved.path), **llm_kwargs)
                 if self._in_process:
                     _live_engines += 1
         finally:
@@ -254,7 +252,8 @@ class VLLMBackend:
                 occurrence = seen[forced] = seen.get(forced, -1) + 1
                 if req.n <= 0:
                     continue
-                if req.max_new_tokens <= 0:
+                if req.max_new_tokens <= 0 or (forced is not None and forced in self._eos):
+                    # No room left, or a forced end-of-sequence token: the completion has ended.
                     for k in range(req.n):
                         results[i][b * req.n + k] = []
                     continue

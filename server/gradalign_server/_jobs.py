@@ -124,11 +124,11 @@ class JobManager:
             else:
                 job.future.set_result(result)
             finally:
+                self._on_done(job, time.monotonic() - started, error)  # before the job stops counting as running
                 with self._lock:
                     self._running -= 1
                     running, queued = self._running, self._queued
                 self._on_change(running, queued)
-                self._on_done(job, time.monotonic() - started, error)
 
     def shutdown(self, timeout: float | None = None, cancel_pending: bool = True) -> None:
         """Stop accepting jobs, cancel those still waiting (or let them run), and join the worker."""

@@ -50,6 +50,7 @@ _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingConfig)}
 # Analysis settings the records depend on (the bootstrap ones only change the report).
 _RECORD_ANALYSIS_FIELDS = ("jsd_beta", "minillm_gamma", "minillm_length_norm", "minillm_single_step", "teacher_temperature", "min_ideal_norm")
 _SPLIT_FILTER = {pb.SPLIT_CORRECT: True, pb.SPLIT_INCORRECT: False}
+_DEADLINE_MARGIN_S = 0.5  # a call ending this close to its deadline ended because of it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +104,11 @@ class _Call:
             self._on_terminated()
 
     def _on_terminated(self) -> None:
-        # Runs when the RPC ends for any reason; only matters while work is still going on.
+        # Runs when the RPC ends for any reason; only matters while work is still going on. A client
+        # whose deadline passes cancels the stream a little before the server's own copy of that
+        # deadline (which started later, on arrival), hence the margin.
         if not self.done:
-            expired = self.context.time_remaining() <= 1e-3
+            expired = self.context.time_remaining() <= _DEADLINE_MARGIN_S
             self.cancel.cancel("deadline_exceeded" if expired else "cancelled")
 
 

@@ -24,8 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default %(default)s)")
     p.add_argument("--dataset", default=None, help="JSONL questions (default: the bundled 'demo' set)")
     p.add_argument("--questions", type=int, default=4, help="questions to vet (default %(default)s)")
-    p.add_argument("--rollouts", type=int, default=6, help="base rollouts per question (default %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="completion length (default %(default)s)")
+    p.add_argument("--rollouts", type=int, default=4, help="base rollouts per question (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="completion length (default %(default)s)")
+    p.add_argument(
+        "--temperature", type=float, default=0.7,
+        help="student sampling temperature (default %(default)s: at 1.0 a 135M model rarely solves anything, leaving no signal)",
+    )
     p.add_argument("--nodes-per-path", type=int, default=2, help="analysis nodes per rollout (default %(default)s)")
     p.add_argument("--top-k", type=int, default=1, help="candidate top-k of the student and each teacher (default %(default)s)")
     p.add_argument("--continuations", type=int, default=2, help="continuations per forced candidate (default %(default)s)")
@@ -33,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed (default %(default)s)")
     p.add_argument("--db", default=None, help="SQLite store, to reuse trees across runs (default: a temporary file)")
-    p.add_argument("--quiet", action="store_true", help="no progress and no server logs")
+    p.add_argument("--verbose", action="store_true", help="show the server's log (one line per call)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -55,7 +60,7 @@ def demo_config(args: argparse.Namespace):
             TeacherSpec(name="correct_and_wrong", kind="self", context="correct_and_wrong"),
             TeacherSpec(name="summary", kind="self", context="summary"),
         ),
-        sampling=SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens),
+        sampling=SamplingConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens),
         rollouts=RolloutConfig(
             num_rollouts=args.rollouts, nodes_per_window=1, nodes_per_path=args.nodes_per_path,
             candidate_top_k=args.top_k, continuations=args.continuations,
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ._server import configure_logging, create_server
 
-    configure_logging("warning" if args.quiet else "info", json_logs=False)
+    configure_logging("info" if args.verbose else "warning", json_logs=False)
     dataset = args.dataset or str(bundled_dataset_path("demo"))
     try:
         config = demo_config(args)
@@ -106,13 +111,16 @@ def main(argv: list[str] | None = None) -> int:
             except GradalignError as exc:
                 print(f"gradalign demo: {exc}", file=sys.stderr)
                 return 1
+            except KeyboardInterrupt:
+                print("\ngradalign demo: interrupted; stopping the server", file=sys.stderr)
+                return 130
             finally:
                 close()
         sys.stdout.write(format_table(report))
         print(f"\ndone in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         return 0
     finally:
-        server.stop(grace=1.0)
+        server.stop(grace=0)
         if tmp is not None:
             tmp.cleanup()
 

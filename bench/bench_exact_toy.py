@@ -1,0 +1,101 @@
+"""Exactness benchmarks on the exact-enumeration toy (tests/exact_toy.py), as JSON.
+
+1. Adaptive vs uniform allocation (method.md step 6): mean alignment error |cos - exact cos| over
+   the scored nodes, against the student rollouts spent (base rollouts + continuations), averaged
+   over seeds. Uniform spends M continuations per candidate; adaptive spends 2 per candidate, then an
+   extra budget where it most reduces the error of g*. Reported: for each adaptive point, the uniform
+   spend needed to reach the same error (log-linear interpolation) and the ratio adaptive / uniform.
+2. bf16 vs float32: the largest |p - p_exact| over reported candidates and the alignment error, both
+   dtypes on the same trees' settings.
+
+Usage: .venv/bin/python bench/bench_exact_toy.py [--seeds 6]   (a minute or two on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from conftest import TOY_WORDS, make_tiny_model_dir  # noqa: E402
+from exact_toy import QUESTION, ExactToy, tree_alignment_error, toy_config  # noqa: E402
+
+from gradalign_engine.pipeline import Engine  # noqa: E402
+
+
+def spend_and_error(model_dir, exact, seeds, **settings) -> tuple[float, float]:
+    engine = Engine(toy_config(model_dir, rollouts=8, **settings))
+    errors, spent = [], []
+    for seed in seeds:
+        tree = engine.build_tree(QUESTION, seed=seed)
+        errors.append(tree_alignment_error(engine, exact, tree)[0])
+        spent.append(len(tree.rollouts) + len(tree.continuations))
+    return float(np.mean(spent)), float(np.nanmean(errors))
+
+
+def interpolate_spend(curve: list[tuple[float, float]], target_error: float) -> float | None:
+    """Uniform spend reaching ``target_error`` on a (spend, error) curve, log-linear between points."""
+    pts = sorted(curve)
+    for (s0, e0), (s1, e1) in zip(pts, pts[1:]):
+        if e0 >= target_error >= e1:
+            if e0 == e1:
+                return s0
+            frac = (e0 - target_error) / (e0 - e1)
+            return float(np.exp(np.log(s0) + frac * (np.log(s1) - np.log(s0))))
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=6)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "exact_toy.json"))
+    args = ap.parse_args()
+    seeds = list(range(args.seeds))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = make_tiny_model_dir(Path(tmp) / "toy", words=["q", *TOY_WORDS], seed=3, hidden=32, layers=1,
+                                        init_std=0.6, chat_template=None, minimal_specials=True)
+        exact = ExactToy(model_dir)
+        uniform = [spend_and_error(model_dir, exact, seeds, continuations=m) for m in (2, 4, 8, 16, 32, 64)]
+        adaptive = []
+        for extra in (50, 100, 200, 400):
+            spend, err = spend_and_error(model_dir, exact, seeds, continuations=2, adaptive_continuations=extra, adaptive_batch=4)
+            need = interpolate_spend(uniform, err)
+            adaptive.append({"adaptive_continuations": extra, "spent": spend, "error": err, "uniform_spend_for_same_error": need,
+                             "ratio_adaptive_over_uniform": (spend / need) if need else None})
+
+        # bf16 vs float32 on the same settings.
+        dtypes = {}
+        for dtype in ("float32", "bfloat16"):
+            engine = Engine(toy_config(model_dir, rollouts=8, continuations=8, dtype=dtype))
+            worst, errs = 0.0, []
+            for seed in seeds[:3]:
+                tree = engine.build_tree(QUESTION, seed=seed)
+                for rec in engine.score_tree(tree, ["ctx"], ["forward_kl"]):
+                    p = exact.dist(tuple(exact.student_prompt), tuple(tree.rollouts[rec.rollout_index].tokens[: rec.depth]))
+                    worst = max(worst, max(abs(c.p - p[c.token_id]) for c in rec.candidates))
+                errs.append(tree_alignment_error(engine, exact, tree)[0])
+            dtypes[dtype] = {"max_abs_p_error": worst, "mean_alignment_error": float(np.nanmean(errs))}
+
+    result = {
+        "benchmark": "exact_toy", "seeds": args.seeds, "seconds": round(time.perf_counter() - started, 1),
+        "uniform": [{"continuations_per_candidate": m, "spent": s, "error": e} for m, (s, e) in zip((2, 4, 8, 16, 32, 64), uniform)],
+        "adaptive": adaptive,
+        "dtype": dtypes,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
