@@ -10,7 +10,7 @@
 # Clients: `pip install gradalign` (grpcio + protobuf only), then `gradalign vet --server HOST:50051 ...`.
 
 # The vLLM image brings CUDA, a matching torch and vLLM; gradalign must not replace that torch.
-FROM vllm/vllm-openai:v0.11.0
+FROM vllm/vllm-openai:v0.32.0
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -23,9 +23,9 @@ COPY gradalign_engine ./gradalign_engine
 COPY server ./server
 COPY client ./client
 
-# Dependencies come from pyproject.toml (base + engine + server extras) minus the pinned CPU torch,
-# so the image keeps vLLM's own torch; then gradalign itself without dependencies.
-RUN python3 -c "import tomllib, subprocess, sys; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extra = p['optional-dependencies']; deps = p['dependencies'] + [d for d in extra['engine'] + extra['server'] if not d.startswith(('torch', 'gradalign'))]; subprocess.check_call([sys.executable, '-m', 'pip', 'install', '--no-cache-dir', *deps])" \
+# Dependencies come from pyproject.toml (base + engine + server extras) minus the pinned CPU torch and
+# transformers, so the image keeps vLLM's own builds of both; then gradalign itself without dependencies.
+RUN python3 -c "import tomllib, subprocess, sys; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extra = p['optional-dependencies']; deps = p['dependencies'] + [d for d in extra['engine'] + extra['server'] if not d.startswith(('torch', 'transformers', 'gradalign'))]; subprocess.check_call([sys.executable, '-m', 'pip', 'install', '--no-cache-dir', *deps])" \
  && python3 -m pip install --no-cache-dir --no-deps . \
  && gradalign --help > /dev/null \
  && python3 -c "import gradalign_server, vllm, torch; print('gradalign server ready; torch', torch.__version__, 'vllm', vllm.__version__)"

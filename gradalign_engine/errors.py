@@ -12,6 +12,7 @@ __all__ = [
     "GradalignError",
     "ConfigError",
     "NotFoundError",
+    "PreconditionError",
     "TokenizerMismatchError",
     "BudgetError",
     "Cancelled",
@@ -50,10 +51,14 @@ class NotFoundError(GradalignError, KeyError):
         return self.args[0]
 
 
-class TokenizerMismatchError(GradalignError):
-    """A teacher does not share the student's tokenizer (FAILED_PRECONDITION); says what differs."""
+class PreconditionError(GradalignError):
+    """The request is well formed but the system is not in a state to serve it (FAILED_PRECONDITION)."""
 
     code = "FAILED_PRECONDITION"
+
+
+class TokenizerMismatchError(PreconditionError):
+    """A teacher does not share the student's tokenizer (FAILED_PRECONDITION); says what differs."""
 
 
 class BudgetError(GradalignError):

@@ -26,7 +26,7 @@ from . import gradients as G
 from .backends import Backend, BranchRequest, CancelToken, load_backend
 from .config import AnalysisConfig, RolloutConfig, RunConfig, SamplingConfig, canonical_method
 from .data import Question
-from .errors import BudgetError, ConfigError, NotFoundError
+from .errors import BudgetError, ConfigError, NotFoundError, PreconditionError
 from .prompts import render_prompt, render_user_message
 from .records import AlignmentRecord, Candidate, Diagnostics, SkipReason
 from .stats import success_interval
@@ -88,6 +88,7 @@ class Engine:
         self.student: Backend = backends.pop("student", None) or load_backend(config.student)
         self.teachers: dict[str, Teacher] = {}
         self._summaries: dict[tuple[str, str, str], str] = {}
+        self._cancel: CancelToken | None = None  # the running call's token, for summaries and screening
         self._screens: dict[tuple[str, str, str], bool] = {}
         for spec in config.teachers:
             if spec.kind == "self":
@@ -181,12 +182,13 @@ class Engine:
 
     def _summarizer(self, spec) -> Callable[[str, str], str]:
         def summarize(question_id: str, solution: str) -> str:
+            cancel = self._cancel
             author = spec.summarizer
             backend = self.student if author == "student" else self.teachers[author].backend
             key = (author, question_id, hashlib.sha256(solution.encode()).hexdigest())
             if key not in self._summaries:
                 prompt = render_user_message(backend.tokenizer, SUMMARY_PROMPT.format(solution=solution), self.config.prompt)
-                out = backend.generate([BranchRequest(prefix=tuple(prompt), n=1, max_new_tokens=96, seed=0)], temperature=0.0)
+                out = backend.generate([BranchRequest(prefix=tuple(prompt), n=1, max_new_tokens=96, seed=0)], temperature=0.0, cancel=cancel)
                 self._summaries[key] = backend.tokenizer.decode(out[0][0], skip_special_tokens=True).strip()
             return self._summaries[key]
 
@@ -197,7 +199,7 @@ class Engine:
         key = (teacher.name, tree.tree_id, hashlib.sha256(json.dumps(prompt).encode()).hexdigest())
         if key not in self._screens:
             req = BranchRequest(prefix=tuple(prompt), n=1, max_new_tokens=sampling.max_new_tokens, seed=0)
-            tokens = teacher.backend.generate([req], temperature=0.0)[0][0]
+            tokens = teacher.backend.generate([req], temperature=0.0, cancel=self._cancel)[0][0]
             self._screens[key] = self._verify(tree.question, tokens, teacher.backend.tokenizer)[0]
         return self._screens[key]
 
@@ -252,6 +254,7 @@ class Engine:
         scfg = sampling or self.config.sampling
         seed = self.config.seed if seed is None else seed
         targets = self._targets(target_teachers)
+        self._cancel = cancel
         get_verifier(question.verifier, **(dict(question.extra.get("verifier_options", {}) or {}) if question.extra else {}))
         started = time.perf_counter()
         generated_before = self.student.counters.snapshot()["generated_tokens"]
@@ -451,6 +454,7 @@ class Engine:
     ) -> list[AlignmentRecord]:
         """Per-node alignment records of each teacher x method on ``tree``."""
         acfg = analysis or self.config.analysis
+        self._cancel = cancel
         methods = [canonical_method(m) for m in methods] or list(acfg.methods)
         if not teachers:
             raise ConfigError("teachers", list(teachers), "name at least one teacher")
@@ -459,7 +463,7 @@ class Engine:
         sampling = SamplingConfig(**tree.settings["sampling"]) if tree.settings.get("sampling") else self.config.sampling
         rcfg = RolloutConfig(**tree.settings["rollouts"]) if tree.settings.get("rollouts") else self.config.rollouts
         if tree.settings.get("student", {}).get("model_hash") not in (None, self.student.info.model_hash):
-            raise ConfigError("tree_id", tree.tree_id, "this tree was built by a different student model")
+            raise PreconditionError(f"tree {tree.tree_id} was built by a different student model than the one loaded")
         counter = tree.counter()
         want: dict[int, list[int]] = {}
         for node in tree.nodes:

@@ -97,6 +97,12 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, spec: ModelSpec, *, exact_scoring: bool = True, max_model_len: int | None = None):
+        """Load ``spec.model`` (a model directory or a built-in name) into a vLLM engine.
+
+        ``exact_scoring``: True (default) scores with the transformers twin; False with vLLM's
+        full-vocabulary prompt logprobs (:meth:`score_vllm`). ``max_model_len``: the longest
+        prompt + completion; by default the model's, capped to what the KV cache holds.
+        """
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
