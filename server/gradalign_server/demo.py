@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default %(default)s)")
     p.add_argument("--dataset", default=None, help="JSONL questions (default: the bundled 'demo' set)")
     p.add_argument("--questions", type=int, default=4, help="questions to vet (default %(default)s)")
-    p.add_argument("--rollouts", type=int, default=4, help="base rollouts per question (default %(default)s)")
+    p.add_argument("--rollouts", type=int, default=6, help="base rollouts per question (default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="completion length (default %(default)s)")
     p.add_argument(
         "--temperature", type=float, default=0.7,
