@@ -291,3 +291,13 @@ def test_sampler_follows_the_scored_distribution(tiny_model_dir):
     counts = torch.bincount(torch.tensor([s[0] for s in out]), minlength=backend.vocab_size).double() / 4000
     truth = backend.score([list(prefix)], [[out[0][0]]], temperature=0.8)[0][0].exp().double()
     assert 0.5 * (counts - truth).abs().sum() < 0.08
+
+
+def test_configuration_reference_is_current():
+    proc = subprocess.run([sys.executable, "scripts/gen_config_docs.py", "--check"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_example_config_loads():
+    cfg = load_run_config(REPO / "examples" / "smollm2.toml")
+    assert {t.context for t in cfg.teachers} == {"correct_demo", "correct_and_wrong", "summary"}
