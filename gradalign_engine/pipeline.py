@@ -269,10 +269,9 @@ class Engine:
         report("rollouts", 0, rcfg.num_rollouts)
         # retain: the backend may keep each rollout's KV cache and hidden states, so that the student's
         # scoring pass and the continuations from its prefixes forward no token twice.
-        retain = {"retain": True} if getattr(student, "supports_retain", False) else {}
         base = student.generate(
             [BranchRequest(prefix=tuple(prompt), n=rcfg.num_rollouts, max_new_tokens=scfg.max_new_tokens, seed=derive_seed(seed, tree_id, "base"))],
-            **sample_kw, **retain,
+            **sample_kw, retain=True,
         )[0]
         rollouts_: list[Rollout] = []
         for i, tokens in enumerate(base):

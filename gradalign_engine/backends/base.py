@@ -127,8 +127,13 @@ class Backend(Protocol):
         top_p: float,
         top_k: int,
         cancel: CancelToken | None = None,
+        retain: bool = False,
     ) -> list[list[list[int]]]:
         """Sample continuations.
+
+        ``retain=True`` hints that later calls will continue from prefixes of these samples and
+        score them teacher-forced; a backend may keep their state (the HF backend keeps KV caches and
+        hidden states; vLLM's automatic prefix cache needs no hint and ignores it).
 
         Returns ``out[i][b]``: for request i, the ``len(branches) * n`` sampled continuations,
         grouped by branch (branch-major: the n samples of forced[0], then of forced[1], ...).

@@ -238,8 +238,6 @@ class HFBackend:
             chunk = [idx] if idx is not None else []
         return results
 
-    supports_retain = True
-
     def _forward(self, ids, mask, positions, cache, keep_last: bool):
         """Decoder forward; returns (cache, final hidden states [rows, kept, H], logits of the last position)."""
         out = self._decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)

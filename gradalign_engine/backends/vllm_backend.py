@@ -240,6 +240,7 @@ class VLLMBackend:
         top_p: float = 1.0,
         top_k: int = 0,
         cancel: CancelToken | None = None,
+        retain: bool = False,  # vLLM's automatic prefix caching already keeps what is reused
     ) -> list[list[list[int]]]:
         """See :meth:`Backend.generate`. ``temperature == 0`` decodes greedily."""
         from vllm import SamplingParams
