@@ -1,14 +1,16 @@
 """Exactness benchmarks on the exact-enumeration toy (tests/exact_toy.py), as JSON.
 
 1. Adaptive vs uniform allocation (method.md step 6): mean alignment error |cos - exact cos| over
-   the scored nodes, against the student rollouts spent (base rollouts + continuations), averaged
-   over seeds. Uniform spends M continuations per candidate; adaptive spends 2 per candidate, then an
-   extra budget where it most reduces the error of g*. Reported: for each adaptive point, the uniform
-   spend needed to reach the same error (log-linear interpolation) and the ratio adaptive / uniform.
+   the scored nodes (tests/exact_toy.py: tree_alignment_error), against the student rollouts sampled
+   (base rollouts + continuations that drew tokens), averaged over seeds. Uniform spends M
+   continuations per candidate; adaptive spends 2 per candidate, then an extra budget aimed at the
+   teacher's cosines (gradalign_engine/allocation.py). Base rollouts are shared across settings with
+   the same seed, so every point is measured on the same nodes. Reported: for each adaptive point, the least uniform spend
+   reaching the same error (log-linear interpolation on the curve's running minimum) and the ratio.
 2. bf16 vs float32: the largest |p - p_exact| over reported candidates and the alignment error, both
    dtypes on the same trees' settings.
 
-Usage: .venv/bin/python bench/bench_exact_toy.py [--seeds 6]   (a minute or two on 2 CPU cores)
+Usage: .venv/bin/python bench/bench_exact_toy.py [--seeds 48]   (about 10 minutes on 2 quiet CPU cores)
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from exact_toy import QUESTION, ExactToy, tree_alignment_error, toy_config  # no
 
 from gradalign_engine.pipeline import Engine  # noqa: E402
 
+UNIFORM_CONTINUATIONS = (2, 4, 8, 16, 32, 64, 128, 256)
+ADAPTIVE_EXTRAS = (400, 800, 1600, 3200, 6400, 12800)
+
 
 def spend_and_error(model_dir, exact, seeds, **settings) -> tuple[float, float]:
     engine = Engine(toy_config(model_dir, rollouts=8, **settings))
@@ -37,17 +42,25 @@ def spend_and_error(model_dir, exact, seeds, **settings) -> tuple[float, float]:
     for seed in seeds:
         tree = engine.build_tree(QUESTION, seed=seed)
         errors.append(tree_alignment_error(engine, exact, tree)[0])
-        spent.append(len(tree.rollouts) + len(tree.continuations))
+        # Rollouts sampled: base rollouts and continuations that drew tokens. A forced end-of-sequence
+        # (or a forced token at the length limit) has a known outcome and costs nothing: not counted.
+        spent.append(len(tree.rollouts) + sum(1 for c in tree.continuations if c.tokens))
     return float(np.mean(spent)), float(np.nanmean(errors))
 
 
 def interpolate_spend(curve: list[tuple[float, float]], target_error: float) -> float | None:
-    """Uniform spend reaching ``target_error`` on a (spend, error) curve, log-linear between points."""
+    """Least uniform spend whose error is <= ``target_error``, log-linear between measured points.
+
+    The curve is first made monotone (running minimum of the error over spend): a smaller budget
+    that happened to measure a lower error also reaches the target.
+    """
     pts = sorted(curve)
-    for (s0, e0), (s1, e1) in zip(pts, pts[1:]):
-        if e0 >= target_error >= e1:
-            if e0 == e1:
-                return s0
+    envelope = np.minimum.accumulate([e for _, e in pts])
+    for i, ((s1, _), e1) in enumerate(zip(pts, envelope)):
+        if e1 <= target_error:
+            if i == 0:
+                return s1
+            s0, e0 = pts[i - 1][0], envelope[i - 1]
             frac = (e0 - target_error) / (e0 - e1)
             return float(np.exp(np.log(s0) + frac * (np.log(s1) - np.log(s0))))
     return None
@@ -55,7 +68,7 @@ def interpolate_spend(curve: list[tuple[float, float]], target_error: float) -> 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=6)
+    ap.add_argument("--seeds", type=int, default=48)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "exact_toy.json"))
     args = ap.parse_args()
     seeds = list(range(args.seeds))
@@ -64,13 +77,14 @@ def main() -> int:
         model_dir = make_tiny_model_dir(Path(tmp) / "toy", words=["q", *TOY_WORDS], seed=3, hidden=32, layers=1,
                                         init_std=0.6, chat_template=None, minimal_specials=True)
         exact = ExactToy(model_dir)
-        uniform = [spend_and_error(model_dir, exact, seeds, continuations=m) for m in (2, 4, 8, 16, 32, 64)]
+        uniform = [spend_and_error(model_dir, exact, seeds, continuations=m) for m in UNIFORM_CONTINUATIONS]
         adaptive = []
-        for extra in (50, 100, 200, 400):
+        for extra in ADAPTIVE_EXTRAS:
             spend, err = spend_and_error(model_dir, exact, seeds, continuations=2, adaptive_continuations=extra, adaptive_batch=4)
             need = interpolate_spend(uniform, err)
-            adaptive.append({"adaptive_continuations": extra, "spent": spend, "error": err, "uniform_spend_for_same_error": need,
-                             "ratio_adaptive_over_uniform": (spend / need) if need else None})
+            adaptive.append({"adaptive_continuations": extra, "spent": spend, "error": err,
+                             "uniform_spend_for_same_error": need, "ratio_adaptive_over_uniform": (spend / need) if need else None})
+            print(adaptive[-1], flush=True)
 
         # bf16 vs float32 on the same settings.
         dtypes = {}
@@ -87,7 +101,7 @@ def main() -> int:
 
     result = {
         "benchmark": "exact_toy", "seeds": args.seeds, "seconds": round(time.perf_counter() - started, 1),
-        "uniform": [{"continuations_per_candidate": m, "spent": s, "error": e} for m, (s, e) in zip((2, 4, 8, 16, 32, 64), uniform)],
+        "uniform": [{"continuations_per_candidate": m, "spent": s, "error": e} for m, (s, e) in zip(UNIFORM_CONTINUATIONS, uniform)],
         "adaptive": adaptive,
         "dtype": dtypes,
     }

@@ -13,7 +13,8 @@ Run it in the vLLM virtual environment (``bash scripts/setup_vllm_venv.sh`` firs
     .venv-vllm/bin/python bench/bench_vllm_vs_hf.py --tiny     # the tiny random test model, ~1 minute
 
 The two sides sample with different random streams (vLLM's sampler is not the HF loop), so their
-trees differ in content and length; tokens/s is the comparable figure. On a small shared machine
+trees differ in content and length; tokens/s is the comparable figure. ``--repeats`` pairs run with
+the sides alternating; every pair's ratio is kept and the median is the reported one. On a small shared machine
 the figures swing with other load (OpenMP threads spin-wait when a core is taken): the JSON records
 the load average, and ``--threads 1`` makes both sides less sensitive to it.
 """
@@ -47,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kv-gib", type=float, default=1.0, help="vLLM KV cache in GiB (default 1)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="hf/vllm pairs, run alternately; the median ratio is reported (default 3)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--side", choices=("hf", "vllm"), help=argparse.SUPPRESS)  # internal: run one side
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -141,52 +143,67 @@ def main(argv=None) -> int:
 
             resolved = resolve_model(args.model)  # converts a built-in once, before either side runs
             model_dir, model_name = str(resolved.path), resolved.name
-        sides = {}
-        for side in ("hf", "vllm"):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--model-dir", model_dir,
-                   "--questions", str(args.questions), "--rollouts", str(args.rollouts),
-                   "--continuations", str(args.continuations), "--max-continuations", str(args.max_continuations),
-                   "--max-new-tokens", str(args.max_new_tokens), "--kv-gib", str(args.kv_gib),
-                   "--dtype", args.dtype, "--seed", str(args.seed)]
-            print(f"[bench] {side}: building {args.questions} tree(s) with {model_name} ...", file=sys.stderr, flush=True)
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-            if args.threads:
-                env["OMP_NUM_THREADS"] = str(args.threads)
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stderr[-6000:])
-                print(f"[bench] {side} failed (exit {proc.returncode})", file=sys.stderr)
-                return 1
-            sides[side] = json.loads(proc.stdout.strip().splitlines()[-1])
-            s = sides[side]
-            print(f"[bench] {side}: {s['generated_tokens']} tokens, {s['generate_tokens_per_s']} tok/s in generate, "
-                  f"trees {s['tree_s']} s", file=sys.stderr, flush=True)
+        runs: list[dict] = []
+        for repeat in range(args.repeats):
+            # Alternate the sides so that drifting background load falls on both.
+            order = ("hf", "vllm") if repeat % 2 == 0 else ("vllm", "hf")
+            sides = {}
+            for side in order:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--model-dir", model_dir,
+                       "--questions", str(args.questions), "--rollouts", str(args.rollouts),
+                       "--continuations", str(args.continuations), "--max-continuations", str(args.max_continuations),
+                       "--max-new-tokens", str(args.max_new_tokens), "--kv-gib", str(args.kv_gib),
+                       "--dtype", args.dtype, "--seed", str(args.seed)]
+                print(f"[bench] repeat {repeat + 1}/{args.repeats}, {side}: building {args.questions} tree(s) with {model_name} ...",
+                      file=sys.stderr, flush=True)
+                env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+                if args.threads:
+                    env["OMP_NUM_THREADS"] = str(args.threads)
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stderr[-6000:])
+                    print(f"[bench] {side} failed (exit {proc.returncode})", file=sys.stderr)
+                    return 1
+                sides[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+                st = sides[side]
+                print(f"[bench] {side}: {st['generated_tokens']} tokens, {st['generate_tokens_per_s']} tok/s in generate, "
+                      f"trees {st['tree_s']} s", file=sys.stderr, flush=True)
+            sides["load_average"] = [round(x, 2) for x in os.getloadavg()]
+            runs.append(sides)
 
     import torch
     import transformers
     import vllm
 
-    hf, vl = sides["hf"], sides["vllm"]
+    def ratio(run: dict, key: str) -> float | None:
+        hf_value, vllm_value = run["hf"][key], run["vllm"][key]
+        return round(vllm_value / hf_value, 3) if hf_value and vllm_value else None
+
+    def median(values: list) -> float | None:
+        values = sorted(v for v in values if v is not None)
+        return values[len(values) // 2] if values else None
+
+    generate_ratios = [ratio(r, "generate_tokens_per_s") for r in runs]
+    tree_ratios = [ratio(r, "tree_tokens_per_s") for r in runs]
     result = {
         "benchmark": "vllm_vs_hf",
         "model": model_name,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "workload": {"questions": args.questions, "num_rollouts": args.rollouts, "continuations": args.continuations,
                      "max_continuations": args.max_continuations, "max_new_tokens": args.max_new_tokens,
-                     "dtype": args.dtype, "seed": args.seed, "threads": args.threads},
+                     "dtype": args.dtype, "seed": args.seed, "threads": args.threads, "repeats": args.repeats},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "transformers": transformers.__version__, "vllm": vllm.__version__},
-        "hf": hf,
-        "vllm": vl,
-        "ratio_generate_tokens_per_s": round(vl["generate_tokens_per_s"] / hf["generate_tokens_per_s"], 3)
-        if hf["generate_tokens_per_s"] and vl["generate_tokens_per_s"] else None,
-        "ratio_tree_tokens_per_s": round(vl["tree_tokens_per_s"] / hf["tree_tokens_per_s"], 3)
-        if hf["tree_tokens_per_s"] and vl["tree_tokens_per_s"] else None,
+        "runs": runs,
+        "ratios_generate_tokens_per_s": generate_ratios,
+        "ratios_tree_tokens_per_s": tree_ratios,
+        "ratio_generate_tokens_per_s": median(generate_ratios),
+        "ratio_tree_tokens_per_s": median(tree_ratios),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("model", "ratio_generate_tokens_per_s", "ratio_tree_tokens_per_s")}
-                     | {"hf_tok_s": hf["generate_tokens_per_s"], "vllm_tok_s": vl["generate_tokens_per_s"]}))
+    print(json.dumps({k: result[k] for k in ("model", "ratios_generate_tokens_per_s", "ratio_generate_tokens_per_s",
+                                             "ratios_tree_tokens_per_s", "ratio_tree_tokens_per_s")}))
     print(f"[bench] wrote {args.out}", file=sys.stderr)
     return 0
 

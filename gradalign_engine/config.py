@@ -141,7 +141,7 @@ class RolloutConfig:
     continuations: int = field(default=4, metadata=_help("M: student continuations sampled after each forced candidate (step 5)."))
     min_child_samples: int = field(default=2, metadata=_help("A child joins S(u) once at least this many rollouts or continuations pass through it."))
     max_continuations: int = field(default=4096, metadata=_help("Budget: forced continuations per question; nodes past it are recorded as skipped (budget_exhausted)."))
-    adaptive_continuations: int = field(default=0, metadata=_help("Step 6: extra continuations per question spent where they most reduce the error of g*; 0 disables."))
+    adaptive_continuations: int = field(default=0, metadata=_help("Step 6: extra continuations per question spent where they most reduce the expected error of the target teachers' cosines; 0 disables."))
     adaptive_batch: int = field(default=8, metadata=_help("Step 6: continuations per child per adaptive round."))
     interval: str = field(default="wilson", metadata=_help("Interval on each success estimate: 'wilson' or 'beta' (Clopper-Pearson)."))
     confidence: float = field(default=0.95, metadata=_help("Confidence level of the intervals."))

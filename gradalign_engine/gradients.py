@@ -94,6 +94,11 @@ def _centered_by_p(p: np.ndarray, f: np.ndarray) -> np.ndarray:
     """
     support = p > 0
     f_on_support = np.where(support, f, 0.0)
+    values = f_on_support[support]
+    if values.size and np.all(values == values[0]):
+        # A constant f gives exactly 0; computing it would leave rounding noise (sum p != 1 by an ulp)
+        # whose direction a cosine would then report as if it were signal.
+        return np.zeros_like(p, dtype=np.float64)
     f_mean = float(np.dot(p[support], f_on_support[support]))
     return np.where(support, p * (f_on_support - f_mean), 0.0)
 

@@ -13,6 +13,7 @@ The engine works on token ids through a backend; it never sees protobuf, storage
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
 import time
@@ -22,6 +23,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from . import allocation
 from . import gradients as G
 from .backends import Backend, BranchRequest, CancelToken, load_backend
 from .config import AnalysisConfig, RolloutConfig, RunConfig, SamplingConfig, canonical_method
@@ -38,6 +40,7 @@ __all__ = ["Engine", "ModelEntry", "derive_seed", "depth_windows", "ProgressFn"]
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 SCHEMA = "gradalign-tree-v1"
+_ADAPTIVE_ROUNDS = 8  # step 6 re-reads the outcomes this many times: later rounds use earlier results
 _SCORE_GROUP = 4  # rollouts scored per backend call: bounds [T, vocab] tensors held at once
 
 
@@ -146,6 +149,17 @@ class Engine:
         """Content address of a tree: question, student, prompt, settings, seed and target teachers."""
         settings = self._settings(question, rollouts, sampling, seed, target_teachers)
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    @staticmethod
+    def _base_seed(settings: dict) -> int:
+        """Seed of the base rollouts: only what shapes them (question, student, prompt, sampling, G, seed).
+
+        Trees that differ only in node choice, continuations or targets then share their base rollouts,
+        so comparing such settings compares them on the same rollouts.
+        """
+        shaping = {k: settings[k] for k in ("schema", "question", "student", "prompt", "sampling", "seed")}
+        shaping["num_rollouts"] = settings["rollouts"]["num_rollouts"]
+        return derive_seed("base", json.dumps(shaping, sort_keys=True, default=str))
 
     def _settings(self, question, rollouts, sampling, seed, target_teachers) -> dict:
         rollouts = rollouts or self.config.rollouts
@@ -270,7 +284,7 @@ class Engine:
         # retain: the backend may keep each rollout's KV cache and hidden states, so that the student's
         # scoring pass and the continuations from its prefixes forward no token twice.
         base = student.generate(
-            [BranchRequest(prefix=tuple(prompt), n=rcfg.num_rollouts, max_new_tokens=scfg.max_new_tokens, seed=derive_seed(seed, tree_id, "base"))],
+            [BranchRequest(prefix=tuple(prompt), n=rcfg.num_rollouts, max_new_tokens=scfg.max_new_tokens, seed=self._base_seed(settings))],
             **sample_kw, retain=True,
         )[0]
         rollouts_: list[Rollout] = []
@@ -298,7 +312,7 @@ class Engine:
 
         # Step 6: optional adaptive allocation.
         if rcfg.adaptive_continuations > 0 and active:
-            self._adaptive(tree, active, rcfg, scfg, seed, cancel)
+            self._adaptive(tree, active, rcfg, scfg, seed, cancel, targets)
         tree.nodes = sorted(nodes, key=lambda n: (n.rollout_index, n.depth))
         correct = sum(r.correct for r in tree.rollouts)
         tree.summary = TreeSummary(
@@ -392,47 +406,118 @@ class Engine:
                 out.append(Continuation(node.rollout_index, node.depth, cand, list(suffix), ok, adaptive))
         return out
 
-    def _adaptive(self, tree: RolloutTree, nodes: list[AnalysisNode], rcfg: RolloutConfig, scfg: SamplingConfig, seed: int, cancel) -> None:
-        """Method.md step 6: spend extra continuations where they most reduce the error of alignment.
+    def _adaptive(self, tree: RolloutTree, nodes: list[AnalysisNode], rcfg: RolloutConfig, scfg: SamplingConfig, seed: int, cancel, targets: list[str]) -> None:
+        """Method.md step 6: spend extra continuations where they most reduce the error of what is reported.
 
-        The cosine's error at a node is driven by the relative error of g*, whose component
-        g*_j = p~_j (v_j - v_bar) has variance about p~_j^2 v_j (1 - v_j) / n_j. One more sample of child j
-        lowers that by p~_j^2 v_j (1 - v_j) / (n_j (n_j + 1)); dividing by ||g*||^2 (floored) makes the
-        reduction relative, so nodes whose direction is still uncertain come first. Each round gives
-        ``adaptive_batch`` continuations to the top eighth of the children, then re-estimates.
+        Nodes sharing a prefix (one position reached by several rollouts) share their children's counts
+        and are planned together. Objective (``allocation``): the sum over nodes, target teachers and
+        methods of the standard error of cos(g*, d); with no target teacher, an even spread over the
+        open children (weighted by how many nodes share them). Each of ``_ADAPTIVE_ROUNDS`` rounds
+        plans its share of the budget greedily, ``adaptive_batch`` continuations at a time to the child
+        whose batch lowers the objective most (planned outcomes at the posterior mean), runs them, and
+        re-reads the counts. Children whose outcome is already fixed (the forced token ends the
+        completion) get none.
         """
         left = rcfg.adaptive_continuations
         probs = self._node_student_probs(tree, nodes, scfg)
-        floor = max(self.config.analysis.min_ideal_norm, 1e-2) ** 2
+        eos = set(self.student.eos_token_ids)
+        groups: dict[tuple[int, ...], dict] = {}
+        for node, node_probs in zip(nodes, probs):
+            prefix = tuple(tree.rollouts[node.rollout_index].tokens[: node.depth])
+            group = groups.setdefault(prefix, {"nodes": [], "owner": {}, "p": {}, "depth": node.depth})
+            group["nodes"].append(node)
+            for cand in node.candidates:
+                group["owner"].setdefault(cand, node)
+                group["p"][cand] = node_probs[cand]
+        for group in groups.values():
+            group["cands"] = list(group["owner"])
+            p = np.array([group["p"][c] for c in group["cands"]], dtype=np.float64)
+            group["p_tilde"] = p / p.sum()
+        if targets:
+            self._adaptive_directions(tree, groups, targets, scfg, cancel)
+        # Aimed at the teachers' directions where any exist (a node without one, e.g. no context for its
+        # rollout, has no cosine to improve); an even spread only when there is nothing to aim at.
+        aimed = any(group.get("directions") for group in groups.values())
+        quota = max(rcfg.adaptive_batch, -(-left // _ADAPTIVE_ROUNDS))
         while left > 0:
             counter = tree.counter()
-            gains: list[tuple[float, int, int]] = []
-            for ni, node in enumerate(nodes):
-                prefix = tree.rollouts[node.rollout_index].tokens[: node.depth]
+            models: list = []
+            weights: list[float] = []
+            for prefix, group in groups.items():
                 counts = {c.token_id: c for c in counter.children(prefix)}
-                cands = node.candidates
-                p = np.array([probs[ni][c] for c in cands], dtype=np.float64)
-                p = p / p.sum()
-                n = np.array([counts[c].visits if c in counts else 0 for c in cands], dtype=np.float64)
-                s = np.array([counts[c].successes if c in counts else 0 for c in cands], dtype=np.float64)
-                v = (s + 0.5) / (n + 1.0)  # Jeffreys-smoothed, so unexplored children still score
-                g = p * (v - float(p @ v))
-                scale = max(float(g @ g), floor)
-                for j, c in enumerate(cands):
-                    gains.append((p[j] ** 2 * v[j] * (1 - v[j]) / ((n[j] + 1) * (n[j] + 2)) / scale, ni, c))
-            gains.sort(key=lambda g: (-g[0], g[1], g[2]))
-            per_child = rcfg.adaptive_batch
-            picks = gains[: max(1, len(gains) // 8)]
+                cands = group["cands"]
+                visits = [counts[c].visits if c in counts else 0 for c in cands]
+                determined = [c in eos or scfg.max_new_tokens - group["depth"] - 1 <= 0 for c in cands]
+                if aimed:
+                    successes = [counts[c].successes if c in counts else 0 for c in cands]
+                    directions = group.get("directions") or []
+                    if not directions:
+                        determined = [True] * len(cands)  # nothing to align here: no gain anywhere
+                    models.append(allocation.NodeErrorModel(group["p_tilde"], visits, successes, determined, directions or None))
+                    weights.append(1.0)  # the objective has a term per node already
+                else:
+                    models.append(allocation.EvenSpread(visits, determined))
+                    weights.append(float(len(group["nodes"])))
+            heap: list[tuple[float, int, int, int]] = []
+            version = [0] * len(models)
+
+            def push(mi: int) -> None:
+                for k, gain in enumerate(models[mi].child_gains(rcfg.adaptive_batch)):
+                    if gain > 0:
+                        heapq.heappush(heap, (-weights[mi] * float(gain), mi, k, version[mi]))
+
+            for mi in range(len(models)):
+                push(mi)
+            planned: dict[tuple[int, int], int] = {}
+            round_left = min(quota, left)
+            while heap and round_left > 0:
+                _, mi, k, ver = heapq.heappop(heap)
+                if ver != version[mi]:
+                    continue  # stale: the node's gains changed since this entry was pushed
+                take = min(rcfg.adaptive_batch, round_left)
+                models[mi].add(k, take)
+                planned[(mi, k)] = planned.get((mi, k), 0) + take
+                round_left -= take
+                version[mi] += 1
+                push(mi)
+            if not planned:
+                break  # every child's outcome is fixed: nothing left to learn
+            group_list = list(groups.values())
             work = []
-            for _, ni, c in picks:
-                n_take = min(per_child, left)
-                if n_take <= 0:
-                    break
-                work.append((nodes[ni], c, n_take))
-                left -= n_take
-            if not work:
-                break
+            for (mi, k), n in sorted(planned.items()):
+                cand = group_list[mi]["cands"][k]
+                work.append((group_list[mi]["owner"][cand], cand, n))
+                left -= n
             tree.continuations.extend(self._continue(tree, work, scfg, seed, cancel, adaptive=True))
+
+    def _adaptive_directions(self, tree: RolloutTree, groups: dict, targets: list[str], scfg: SamplingConfig, cancel) -> None:
+        """Each group's distillation directions: one per node x target teacher x method, over its candidates.
+
+        Per-sample methods (single_sample, minillm) enter through their expectation over the sampled
+        token, the reverse-KL direction.
+        """
+        acfg = self.config.analysis
+        methods = list(dict.fromkeys("reverse_kl" if m in ("single_sample", "minillm") else m for m in acfg.methods))
+        want: dict[int, set[int]] = {}
+        for group in groups.values():
+            for node in group["nodes"]:
+                want.setdefault(node.rollout_index, set()).add(node.depth)
+        for name in targets:
+            teacher = self.teachers[name]
+            prompts, _ = self._teacher_prompts(teacher, tree, want, scfg)
+            scores = self._score_pass(teacher.backend, prompts, tree, acfg.teacher_temperature, cancel, lambda i, lq: sorted(want[i]))
+            for group in groups.values():
+                for node in group["nodes"]:
+                    if node.rollout_index not in scores:
+                        continue  # no context for this teacher on this rollout: nothing to align
+                    row = scores[node.rollout_index].rows[node.depth]
+                    q = np.array([math.exp(float(row[c])) for c in group["cands"]], dtype=np.float64)
+                    if q.sum() <= 0:
+                        continue
+                    q_tilde = q / q.sum()
+                    for method in methods:
+                        d = G.direction(method, group["p_tilde"], q_tilde, jsd_beta=acfg.jsd_beta)
+                        group.setdefault("directions", []).append(d)
 
     def _node_student_probs(self, tree: RolloutTree, nodes: list[AnalysisNode], scfg: SamplingConfig) -> list[dict[int, float]]:
         want: dict[int, set[int]] = {}
@@ -526,7 +611,7 @@ class Engine:
         base_skip = node.skip_reason or teacher_skip
         if base_skip is None and len(support) < 2:
             base_skip = SkipReason.TOO_FEW_CANDIDATES
-        if base_skip is None and ideal_norm < acfg.min_ideal_norm:
+        if base_skip is None and (ideal_norm == 0.0 or ideal_norm < acfg.min_ideal_norm):  # 0: every child alike, no signal
             base_skip = SkipReason.IDEAL_NORM_BELOW_THRESHOLD
         out = []
         for method in methods:

@@ -22,7 +22,7 @@ class SkipReason:
     """Why a node has no cosine. Strings, so they travel unchanged through JSON and protobuf."""
 
     TOO_FEW_CANDIDATES = "too_few_candidates"  # |S(u)| < 2
-    IDEAL_NORM_BELOW_THRESHOLD = "ideal_norm_below_threshold"  # ||g*|| < min_ideal_norm
+    IDEAL_NORM_BELOW_THRESHOLD = "ideal_norm_below_threshold"  # ||g*|| = 0 or < min_ideal_norm
     ZERO_DISTILL_NORM = "zero_distillation_norm"  # the teacher's update vanishes on S(u)
     NO_CONTEXT = "teacher_context_unavailable"  # e.g. correct_demo with no correct solution
     SCREENED_OUT = "context_failed_screening"  # the teacher fails the question with its context

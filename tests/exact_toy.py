@@ -62,6 +62,10 @@ class ExactToy:
         """P(success | the student has written ``completion``), enumerating every continuation."""
         if (completion and completion[-1] == self.eos) or len(completion) >= MAX_NEW:
             return float(self.success(completion))
+        if self.success(completion):
+            # "contains b" cannot be undone by later tokens: exactly 1. Summing probabilities instead
+            # leaves values 1 - 1e-16 whose differences give g*_exact a spurious direction.
+            return 1.0
         probs = self.dist(tuple(self.student_prompt), completion)
         return float(sum(probs[j] * self.p_succ(completion + (j,)) for j in range(len(probs))))
 
@@ -74,15 +78,22 @@ def alignment_error(engine, exact: ExactToy, seed: int, method: str = "reverse_k
 
 
 def tree_alignment_error(engine, exact: ExactToy, tree, method: str = "reverse_kl") -> tuple[float, int]:
+    """Mean |cos - exact cos| over every scored node where the exact g* has a direction.
+
+    The node set depends only on the base rollouts, so trees with the same seed and different
+    continuation budgets are compared on the same nodes. A node the engine cannot score yet (too few
+    continuations to see any success or failure: g*_hat = 0) counts with cosine 0, the value a reader
+    can take from "no signal"; dropping it instead would reward small budgets for finding less.
+    """
     errors = []
     for rec in engine.score_tree(tree, ["ctx"], [method]):
-        support = [c for c in rec.candidates if c.in_support]
-        if rec.cosine is None or len(support) < 2:
+        if not rec.distill:
             continue
         prefix = tuple(tree.rollouts[rec.rollout_index].tokens[: rec.depth])
+        support = [c for c in rec.candidates if c.in_support]
         p = np.array([c.p_renorm for c in support])
         v_exact = np.array([exact.p_succ(prefix + (c.token_id,)) for c in support])
         exact_cos = G.cosine(G.ideal_gradient(p, v_exact), np.array(rec.distill))
         if exact_cos is not None:
-            errors.append(abs(rec.cosine - exact_cos))
+            errors.append(abs((rec.cosine if rec.cosine is not None else 0.0) - exact_cos))
     return (float(np.mean(errors)) if errors else float("nan")), len(errors)

@@ -243,6 +243,18 @@ def test_target_teachers_and_tree_ids(engine):
         engine.tree_id(Q, target_teachers=["ghost"])
 
 
+def test_base_rollouts_depend_only_on_what_shapes_them(engine):
+    def base(seed: int = 5, **kw):
+        return [r.tokens for r in engine.build_tree(Q, rollouts=RolloutConfig(num_rollouts=4, **kw), seed=seed).rollouts]
+
+    reference = base(continuations=2)
+    # Continuation settings change the tree (its id) but not its base rollouts: settings compare on the same rollouts.
+    assert engine.tree_id(Q, rollouts=RolloutConfig(num_rollouts=4, continuations=2), seed=5) != engine.tree_id(Q, rollouts=RolloutConfig(num_rollouts=4, continuations=3), seed=5)
+    assert base(continuations=3, nodes_per_path=1) == reference
+    assert base(continuations=2, adaptive_continuations=8, adaptive_batch=2) == reference
+    assert base(seed=6, continuations=2) != reference
+
+
 def test_adaptive_allocation_spends_exactly_its_budget(engine):
     adaptive = engine.build_tree(Q, rollouts=RolloutConfig(num_rollouts=4, continuations=2, adaptive_continuations=40, adaptive_batch=4))
     assert sum(c.adaptive for c in adaptive.continuations) == 40

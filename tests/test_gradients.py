@@ -385,3 +385,13 @@ def test_total_variation_matches_numpy() -> None:
     assert torch.all(G.total_variation(logp, logp) == 0)
     with pytest.raises(ValueError):
         G.total_variation(logp, logq[:, :10])
+
+
+def test_equal_values_give_an_exact_zero_ideal_gradient() -> None:
+    # p sums to 1 only up to rounding: p . v - v then leaves ulp-sized noise whose cosine with any teacher
+    # direction is O(1). All children equal carries no signal: g* must be exactly 0 so the node is skipped.
+    p = np.array([0.912, 0.04, 0.019, 0.009, 0.019]) / 0.999
+    for value in (1.0, 0.0, 0.3):
+        g = G.ideal_gradient(p, np.full(5, value))
+        assert np.all(g == 0.0)
+        assert G.cosine(g, G.reverse_kl_direction(p, np.array([0.2, 0.2, 0.2, 0.2, 0.2]))) is None
