@@ -295,7 +295,9 @@ class Engine:
         report("rollouts", rcfg.num_rollouts, rcfg.num_rollouts)
 
         # Steps 2-4: one pass per model per rollout -> priorities -> nodes -> candidates.
-        nodes = self._choose_nodes(tree, rcfg, scfg, seed, targets, cancel)
+        # Step 6 needs the student's and teachers' rows at the nodes: kept from this pass, not recomputed.
+        node_rows: dict | None = {} if rcfg.adaptive_continuations > 0 else None
+        nodes = self._choose_nodes(tree, rcfg, scfg, seed, targets, cancel, node_rows)
         report("nodes", len(nodes), len(nodes))
 
         # Step 5: forced continuations under the budget, highest priority first.
@@ -312,7 +314,7 @@ class Engine:
 
         # Step 6: optional adaptive allocation.
         if rcfg.adaptive_continuations > 0 and active:
-            self._adaptive(tree, active, rcfg, scfg, seed, cancel, targets)
+            self._adaptive(tree, active, rcfg, scfg, seed, cancel, targets, node_rows)
         tree.nodes = sorted(nodes, key=lambda n: (n.rollout_index, n.depth))
         correct = sum(r.correct for r in tree.rollouts)
         tree.summary = TreeSummary(
@@ -326,8 +328,13 @@ class Engine:
         )
         return tree
 
-    def _choose_nodes(self, tree, rcfg: RolloutConfig, scfg: SamplingConfig, seed: int, targets: list[str], cancel) -> list[AnalysisNode]:
-        """Steps 2-4, a few rollouts at a time so that only a few [T, vocab] tensors live at once."""
+    def _choose_nodes(self, tree, rcfg: RolloutConfig, scfg: SamplingConfig, seed: int, targets: list[str], cancel,
+                      node_rows: dict | None = None) -> list[AnalysisNode]:
+        """Steps 2-4, a few rollouts at a time so that only a few [T, vocab] tensors live at once.
+
+        ``node_rows``, when given, receives the log-probability rows at the chosen nodes:
+        ``(None, rollout, depth)`` for the student, ``(teacher, rollout, depth)`` for each target teacher.
+        """
         beta = self.config.analysis.jsd_beta
         k = rcfg.candidate_top_k
         indices = [r.index for r in tree.rollouts if r.tokens]
@@ -341,6 +348,7 @@ class Engine:
                                                        temperature=scfg.temperature, cancel=cancel)))
             priority = {i: torch.zeros(len(completions[i]), dtype=torch.float64) for i in group}
             pools = {i: [logps[i].topk(min(k, logps[i].shape[1]), dim=-1).indices] for i in group}
+            teacher_logqs: dict[str, dict[int, torch.Tensor]] = {}
             for name in targets:
                 teacher = self.teachers[name]
                 prompts, _ = self._teacher_prompts(teacher, tree, group, scfg)
@@ -349,6 +357,7 @@ class Engine:
                     continue
                 logqs = teacher.backend.score([prompts[i] for i in have], [completions[i] for i in have],
                                               temperature=self.config.analysis.teacher_temperature, cancel=cancel)
+                teacher_logqs[name] = dict(zip(have, logqs))
                 for i, lq in zip(have, logqs):
                     pools[i].append(lq.topk(min(k, lq.shape[1]), dim=-1).indices)
                     if rcfg.priority == "gkd_norm":
@@ -357,8 +366,15 @@ class Engine:
                         score = G.total_variation(logps[i], lq)
                     priority[i] = torch.maximum(priority[i], score.to(torch.float64))
             for i in group:
-                nodes.extend(self._nodes_on_path(i, completions[i], rng.random(len(completions[i])) if uniform else priority[i].numpy(),
-                                                 logps[i], pools[i], rcfg))
+                chosen = self._nodes_on_path(i, completions[i], rng.random(len(completions[i])) if uniform else priority[i].numpy(),
+                                             logps[i], pools[i], rcfg)
+                nodes.extend(chosen)
+                if node_rows is not None:
+                    for node in chosen:
+                        node_rows[(None, i, node.depth)] = logps[i][node.depth].clone()
+                        for name, rows in teacher_logqs.items():
+                            if i in rows:
+                                node_rows[(name, i, node.depth)] = rows[i][node.depth].clone()
         return nodes
 
     @staticmethod
@@ -406,7 +422,8 @@ class Engine:
                 out.append(Continuation(node.rollout_index, node.depth, cand, list(suffix), ok, adaptive))
         return out
 
-    def _adaptive(self, tree: RolloutTree, nodes: list[AnalysisNode], rcfg: RolloutConfig, scfg: SamplingConfig, seed: int, cancel, targets: list[str]) -> None:
+    def _adaptive(self, tree: RolloutTree, nodes: list[AnalysisNode], rcfg: RolloutConfig, scfg: SamplingConfig, seed: int, cancel,
+                  targets: list[str], node_rows: dict) -> None:
         """Method.md step 6: spend extra continuations where they most reduce the error of what is reported.
 
         Nodes sharing a prefix (one position reached by several rollouts) share their children's counts
@@ -419,41 +436,37 @@ class Engine:
         completion) get none.
         """
         left = rcfg.adaptive_continuations
-        probs = self._node_student_probs(tree, nodes, scfg)
         eos = set(self.student.eos_token_ids)
         groups: dict[tuple[int, ...], dict] = {}
-        for node, node_probs in zip(nodes, probs):
+        for node in nodes:
             prefix = tuple(tree.rollouts[node.rollout_index].tokens[: node.depth])
-            group = groups.setdefault(prefix, {"nodes": [], "owner": {}, "p": {}, "depth": node.depth})
+            group = groups.setdefault(prefix, {"nodes": [], "owner": {}, "depth": node.depth})
             group["nodes"].append(node)
             for cand in node.candidates:
                 group["owner"].setdefault(cand, node)
-                group["p"][cand] = node_probs[cand]
         for group in groups.values():
             group["cands"] = list(group["owner"])
-            p = np.array([group["p"][c] for c in group["cands"]], dtype=np.float64)
+            first = group["nodes"][0]  # every node of a group has the same prefix, hence the same p
+            p = node_rows[(None, first.rollout_index, first.depth)][group["cands"]].double().exp().numpy()
             group["p_tilde"] = p / p.sum()
-        if targets:
-            self._adaptive_directions(tree, groups, targets, scfg, cancel)
+        self._adaptive_directions(groups, targets, node_rows)
         # Aimed at the teachers' directions where any exist (a node without one, e.g. no context for its
         # rollout, has no cosine to improve); an even spread only when there is nothing to aim at.
-        aimed = any(group.get("directions") for group in groups.values())
+        aimed = {prefix: group for prefix, group in groups.items() if group.get("directions")}
+        planning = aimed or groups
         quota = max(rcfg.adaptive_batch, -(-left // _ADAPTIVE_ROUNDS))
         while left > 0:
             counter = tree.counter()
-            models: list = []
-            weights: list[float] = []
-            for prefix, group in groups.items():
+            group_list, models, weights = [], [], []
+            for prefix, group in planning.items():
                 counts = {c.token_id: c for c in counter.children(prefix)}
                 cands = group["cands"]
                 visits = [counts[c].visits if c in counts else 0 for c in cands]
                 determined = [c in eos or scfg.max_new_tokens - group["depth"] - 1 <= 0 for c in cands]
+                group_list.append(group)
                 if aimed:
                     successes = [counts[c].successes if c in counts else 0 for c in cands]
-                    directions = group.get("directions") or []
-                    if not directions:
-                        determined = [True] * len(cands)  # nothing to align here: no gain anywhere
-                    models.append(allocation.NodeErrorModel(group["p_tilde"], visits, successes, determined, directions or None))
+                    models.append(allocation.NodeErrorModel(group["p_tilde"], visits, successes, determined, group["directions"]))
                     weights.append(1.0)  # the objective has a term per node already
                 else:
                     models.append(allocation.EvenSpread(visits, determined))
@@ -482,7 +495,6 @@ class Engine:
                 push(mi)
             if not planned:
                 break  # every child's outcome is fixed: nothing left to learn
-            group_list = list(groups.values())
             work = []
             for (mi, k), n in sorted(planned.items()):
                 cand = group_list[mi]["cands"][k]
@@ -490,41 +502,25 @@ class Engine:
                 left -= n
             tree.continuations.extend(self._continue(tree, work, scfg, seed, cancel, adaptive=True))
 
-    def _adaptive_directions(self, tree: RolloutTree, groups: dict, targets: list[str], scfg: SamplingConfig, cancel) -> None:
+    def _adaptive_directions(self, groups: dict, targets: list[str], node_rows: dict) -> None:
         """Each group's distillation directions: one per node x target teacher x method, over its candidates.
 
         Per-sample methods (single_sample, minillm) enter through their expectation over the sampled
-        token, the reverse-KL direction.
+        token, the reverse-KL direction. A node whose rollout has no context for a teacher has no row.
         """
         acfg = self.config.analysis
         methods = list(dict.fromkeys("reverse_kl" if m in ("single_sample", "minillm") else m for m in acfg.methods))
-        want: dict[int, set[int]] = {}
-        for group in groups.values():
-            for node in group["nodes"]:
-                want.setdefault(node.rollout_index, set()).add(node.depth)
         for name in targets:
-            teacher = self.teachers[name]
-            prompts, _ = self._teacher_prompts(teacher, tree, want, scfg)
-            scores = self._score_pass(teacher.backend, prompts, tree, acfg.teacher_temperature, cancel, lambda i, lq: sorted(want[i]))
             for group in groups.values():
                 for node in group["nodes"]:
-                    if node.rollout_index not in scores:
-                        continue  # no context for this teacher on this rollout: nothing to align
-                    row = scores[node.rollout_index].rows[node.depth]
-                    q = np.array([math.exp(float(row[c])) for c in group["cands"]], dtype=np.float64)
+                    row = node_rows.get((name, node.rollout_index, node.depth))
+                    if row is None:
+                        continue
+                    q = row[group["cands"]].double().exp().numpy()
                     if q.sum() <= 0:
                         continue
-                    q_tilde = q / q.sum()
                     for method in methods:
-                        d = G.direction(method, group["p_tilde"], q_tilde, jsd_beta=acfg.jsd_beta)
-                        group.setdefault("directions", []).append(d)
-
-    def _node_student_probs(self, tree: RolloutTree, nodes: list[AnalysisNode], scfg: SamplingConfig) -> list[dict[int, float]]:
-        want: dict[int, set[int]] = {}
-        for n in nodes:
-            want.setdefault(n.rollout_index, set()).add(n.depth)
-        scores = self._score_pass(self.student, {i: list(tree.prompt_ids) for i in want}, tree, scfg.temperature, None, lambda i, lp: sorted(want[i]))
-        return [{c: math.exp(float(scores[n.rollout_index].rows[n.depth][c])) for c in n.candidates} for n in nodes]
+                        group.setdefault("directions", []).append(G.direction(method, group["p_tilde"], q / q.sum(), jsd_beta=acfg.jsd_beta))
 
     # ------------------------------------------------------------------ ScoreTeacher
     def score_tree(

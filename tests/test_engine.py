@@ -265,6 +265,15 @@ def test_adaptive_allocation_spends_exactly_its_budget(engine):
     assert all((c.rollout_index, c.depth, c.forced) in allowed for c in adaptive.continuations if c.adaptive)
 
 
+def test_adaptive_allocation_without_target_teachers_spreads_its_budget(engine):
+    # No teacher to aim at: the extra budget is spread over the open children, least visited first.
+    tree = engine.build_tree(Q, rollouts=RolloutConfig(num_rollouts=4, continuations=2, adaptive_continuations=24, adaptive_batch=4),
+                             target_teachers=[])
+    extra = [c for c in tree.continuations if c.adaptive]
+    assert len(extra) == 24
+    assert len({(c.rollout_index, c.depth, c.forced) for c in extra}) >= 2
+
+
 def test_analyze_cli_writes_records_and_summary(tiny_model_dir, tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text(
