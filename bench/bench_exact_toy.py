@@ -10,7 +10,7 @@
 2. bf16 vs float32: the largest |p - p_exact| over reported candidates and the alignment error, both
    dtypes on the same trees' settings.
 
-Usage: .venv/bin/python bench/bench_exact_toy.py [--seeds 48]   (about 10 minutes on 2 quiet CPU cores)
+Usage: .venv/bin/python bench/bench_exact_toy.py [--seeds 48]   (about 20 minutes on 2 quiet CPU cores)
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from exact_toy import QUESTION, ExactToy, tree_alignment_error, toy_config  # no
 
 from gradalign_engine.pipeline import Engine  # noqa: E402
 
-UNIFORM_CONTINUATIONS = (2, 4, 8, 16, 32, 64, 128, 256)
-ADAPTIVE_EXTRAS = (400, 800, 1600, 3200, 6400, 12800)
+UNIFORM_CONTINUATIONS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+ADAPTIVE_EXTRAS = (400, 800, 1600, 3200, 6400, 12800, 25600, 51200)
 
 
 def spend_and_error(model_dir, exact, seeds, **settings) -> tuple[float, float]:

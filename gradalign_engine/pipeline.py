@@ -427,44 +427,44 @@ class Engine:
         """Method.md step 6: spend extra continuations where they most reduce the error of what is reported.
 
         Nodes sharing a prefix (one position reached by several rollouts) share their children's counts
-        and are planned together. Objective (``allocation``): the sum over nodes, target teachers and
+        and are planned together. A group's children are those the scorer will use: its forced
+        candidates and every other child that rollouts reached often enough to join S(u)
+        (``min_child_samples``); such a child, seen only in passing, would otherwise keep its few noisy
+        visits whatever is spent. Objective (``allocation``): the sum over nodes, target teachers and
         methods of the standard error of cos(g*, d); with no target teacher, an even spread over the
         open children (weighted by how many nodes share them). Each of ``_ADAPTIVE_ROUNDS`` rounds
-        plans its share of the budget greedily, ``adaptive_batch`` continuations at a time to the child
-        whose batch lowers the objective most (planned outcomes at the posterior mean), runs them, and
-        re-reads the counts. Children whose outcome is already fixed (the forced token ends the
-        completion) get none.
+        re-reads the counts (S(u) may have grown), plans its share of the budget greedily,
+        ``adaptive_batch`` continuations at a time to the child whose batch lowers the objective most
+        (planned outcomes at the posterior mean), and runs them. Children whose outcome is already
+        fixed (the forced token ends the completion) get none.
         """
         left = rcfg.adaptive_continuations
         eos = set(self.student.eos_token_ids)
         groups: dict[tuple[int, ...], dict] = {}
         for node in nodes:
             prefix = tuple(tree.rollouts[node.rollout_index].tokens[: node.depth])
-            group = groups.setdefault(prefix, {"nodes": [], "owner": {}, "depth": node.depth})
+            group = groups.setdefault(prefix, {"nodes": [], "forced": [], "depth": node.depth, "cands": None})
             group["nodes"].append(node)
-            for cand in node.candidates:
-                group["owner"].setdefault(cand, node)
-        for group in groups.values():
-            group["cands"] = list(group["owner"])
-            first = group["nodes"][0]  # every node of a group has the same prefix, hence the same p
-            p = node_rows[(None, first.rollout_index, first.depth)][group["cands"]].double().exp().numpy()
-            group["p_tilde"] = p / p.sum()
-        self._adaptive_directions(groups, targets, node_rows)
-        # Aimed at the teachers' directions where any exist (a node without one, e.g. no context for its
-        # rollout, has no cosine to improve); an even spread only when there is nothing to aim at.
-        aimed = {prefix: group for prefix, group in groups.items() if group.get("directions")}
-        planning = aimed or groups
-        quota = max(rcfg.adaptive_batch, -(-left // _ADAPTIVE_ROUNDS))
+            group["forced"].extend(c for c in node.candidates if c not in group["forced"])
         while left > 0:
             counter = tree.counter()
+            for prefix, group in groups.items():
+                group["counts"] = {c.token_id: c for c in counter.children(prefix)}
+                seen = sorted(t for t, c in group["counts"].items() if c.visits >= rcfg.min_child_samples and t not in group["forced"])
+                if group["forced"] + seen != group["cands"]:
+                    self._adaptive_geometry(group, group["forced"] + seen, targets, node_rows)
+            # Aimed at the teachers' directions where any exist (a group without one, e.g. no context for
+            # its rollouts, has no cosine to improve); an even spread only when there is nothing to aim at.
+            aim = any(group["directions"] for group in groups.values())
             group_list, models, weights = [], [], []
-            for prefix, group in planning.items():
-                counts = {c.token_id: c for c in counter.children(prefix)}
-                cands = group["cands"]
+            for group in groups.values():
+                if aim and not group["directions"]:
+                    continue
+                counts, cands = group["counts"], group["cands"]
                 visits = [counts[c].visits if c in counts else 0 for c in cands]
                 determined = [c in eos or scfg.max_new_tokens - group["depth"] - 1 <= 0 for c in cands]
                 group_list.append(group)
-                if aimed:
+                if aim:
                     successes = [counts[c].successes if c in counts else 0 for c in cands]
                     models.append(allocation.NodeErrorModel(group["p_tilde"], visits, successes, determined, group["directions"]))
                     weights.append(1.0)  # the objective has a term per node already
@@ -482,7 +482,8 @@ class Engine:
             for mi in range(len(models)):
                 push(mi)
             planned: dict[tuple[int, int], int] = {}
-            round_left = min(quota, left)
+            # Equal rounds: a doubling schedule (small early rounds) measured worse on the exact toy.
+            round_left = min(left, max(rcfg.adaptive_batch, -(-rcfg.adaptive_continuations // _ADAPTIVE_ROUNDS)))
             while heap and round_left > 0:
                 _, mi, k, ver = heapq.heappop(heap)
                 if ver != version[mi]:
@@ -497,30 +498,38 @@ class Engine:
                 break  # every child's outcome is fixed: nothing left to learn
             work = []
             for (mi, k), n in sorted(planned.items()):
-                cand = group_list[mi]["cands"][k]
-                work.append((group_list[mi]["owner"][cand], cand, n))
+                group, cand = group_list[mi], group_list[mi]["cands"][k]
+                if cand not in group["forced"]:
+                    # A child seen in passing is now forced: its nodes' records say so.
+                    group["forced"].append(cand)
+                    for node in group["nodes"]:
+                        node.candidates.append(cand)
+                # Any node of the group has the prefix (the same draw for all); the first that forced it owns it.
+                work.append((next(node for node in group["nodes"] if cand in node.candidates), cand, n))
                 left -= n
             tree.continuations.extend(self._continue(tree, work, scfg, seed, cancel, adaptive=True))
 
-    def _adaptive_directions(self, groups: dict, targets: list[str], node_rows: dict) -> None:
-        """Each group's distillation directions: one per node x target teacher x method, over its candidates.
+    def _adaptive_geometry(self, group: dict, cands: list[int], targets: list[str], node_rows: dict) -> None:
+        """A group's p~ over ``cands`` and its distillation directions: one per node x target teacher x method.
 
         Per-sample methods (single_sample, minillm) enter through their expectation over the sampled
         token, the reverse-KL direction. A node whose rollout has no context for a teacher has no row.
         """
         acfg = self.config.analysis
+        first = group["nodes"][0]  # every node of a group has the same prefix, hence the same p
+        p = node_rows[(None, first.rollout_index, first.depth)][cands].double().exp().numpy()
+        group["cands"], group["p_tilde"], group["directions"] = cands, p / p.sum(), []
         methods = list(dict.fromkeys("reverse_kl" if m in ("single_sample", "minillm") else m for m in acfg.methods))
         for name in targets:
-            for group in groups.values():
-                for node in group["nodes"]:
-                    row = node_rows.get((name, node.rollout_index, node.depth))
-                    if row is None:
-                        continue
-                    q = row[group["cands"]].double().exp().numpy()
-                    if q.sum() <= 0:
-                        continue
-                    for method in methods:
-                        group.setdefault("directions", []).append(G.direction(method, group["p_tilde"], q / q.sum(), jsd_beta=acfg.jsd_beta))
+            for node in group["nodes"]:
+                row = node_rows.get((name, node.rollout_index, node.depth))
+                if row is None:
+                    continue
+                q = row[cands].double().exp().numpy()
+                if q.sum() <= 0:
+                    continue
+                for method in methods:
+                    group["directions"].append(G.direction(method, group["p_tilde"], q / q.sum(), jsd_beta=acfg.jsd_beta))
 
     # ------------------------------------------------------------------ ScoreTeacher
     def score_tree(

@@ -20,7 +20,7 @@ from gradalign_engine.data import Question
 from gradalign_engine.errors import NotFoundError, TokenizerMismatchError
 from gradalign_engine.pipeline import Engine, depth_windows
 from gradalign_engine.records import AlignmentRecord, SkipReason
-from gradalign_engine.tree import PrefixCounter, RolloutTree
+from gradalign_engine.tree import Continuation, PrefixCounter, RolloutTree
 
 REPO = Path(__file__).resolve().parents[1]
 Q = Question(id="q1", question="what is 1 + 2 ?", answer="3", solution="1 + 2 = 3 . the answer is 3")
@@ -258,11 +258,40 @@ def test_base_rollouts_depend_only_on_what_shapes_them(engine):
 def test_adaptive_allocation_spends_exactly_its_budget(engine):
     adaptive = engine.build_tree(Q, rollouts=RolloutConfig(num_rollouts=4, continuations=2, adaptive_continuations=40, adaptive_batch=4))
     assert sum(c.adaptive for c in adaptive.continuations) == 40
-    fixed = sum(len(n.candidates) * 2 for n in adaptive.nodes if n.skip_reason is None)
+    # Step 5 is the same as without step 6 (same nodes, same candidates, M each).
+    plain = engine.build_tree(Q, rollouts=RolloutConfig(num_rollouts=4, continuations=2))
+    fixed = sum(len(n.candidates) * 2 for n in plain.nodes if n.skip_reason is None)
     assert sum(not c.adaptive for c in adaptive.continuations) == fixed
-    # Adaptive continuations go only to candidates of analysed nodes.
+    # Adaptive continuations go only to candidates of analysed nodes (a child of S(u) that step 6
+    # forced joins its node's candidates).
     allowed = {(n.rollout_index, n.depth, c) for n in adaptive.nodes if n.skip_reason is None for c in n.candidates}
     assert all((c.rollout_index, c.depth, c.forced) in allowed for c in adaptive.continuations if c.adaptive)
+
+
+def test_adaptive_allocation_plans_children_seen_in_passing(engine):
+    # A child of S(u) that no node forced, reached only by sequences passing through, enters the
+    # scored g* with its few incidental visits: step 6 must be able to spend on it, and then records it
+    # among the node's forced candidates.
+    rcfg = RolloutConfig(num_rollouts=4, continuations=2)
+    scfg, seed, targets = engine.config.sampling, engine.config.seed, engine._targets(None)
+    tree = engine.build_tree(Q, rollouts=rcfg)
+    node_rows: dict = {}
+    nodes = engine._choose_nodes(tree, rcfg, scfg, seed, targets, None, node_rows)
+    node = next(n for n in nodes if 1 <= n.depth <= scfg.max_new_tokens - 3)
+    base = tree.rollouts[node.rollout_index]
+    row = node_rows[(None, node.rollout_index, node.depth)]
+    eos = set(engine.student.eos_token_ids)
+    passing = max((t for t in range(row.shape[0]) if t not in node.candidates and t not in eos), key=lambda t: float(row[t]))
+    # Forced one step earlier, then sampled through ``passing``: counted toward it, not forced there.
+    for ok in (False, True):
+        tree.continuations.append(Continuation(node.rollout_index, node.depth - 1, base.tokens[node.depth - 1], [passing], ok))
+    assert {c.token_id: c.visits for c in tree.counter().children(base.tokens[: node.depth])}[passing] == 2
+    engine._adaptive(tree, [node], RolloutConfig(num_rollouts=4, continuations=2, adaptive_continuations=200, adaptive_batch=4),
+                     scfg, seed, None, targets, node_rows)
+    extra = [c for c in tree.continuations if c.adaptive]
+    assert sum(1 for _ in extra) == 200
+    assert any(c.forced == passing and c.depth == node.depth for c in extra)
+    assert passing in node.candidates
 
 
 def test_adaptive_allocation_without_target_teachers_spreads_its_budget(engine):
