@@ -67,16 +67,20 @@ def test_p_and_q_equal_exact_distributions(engine, exact):
     assert checked > 20
 
 
+@pytest.mark.parametrize("adaptive", [0, 400], ids=["uniform", "adaptive"])
 @pytest.mark.parametrize("interval,nominal,floor", [("wilson", 0.95, 0.90), ("beta", 0.95, 0.93)])
-def test_intervals_cover_exact_success_probabilities(toy_model_dir, exact, interval, nominal, floor):
+def test_intervals_cover_exact_success_probabilities(toy_model_dir, exact, interval, nominal, floor, adaptive):
     """Across trees with different seeds, each child's interval holds the exact P_succ(u.j).
 
     About 1,000 (child, interval) pairs; the floor leaves room for Wilson's known under-coverage at
     small n and for the correlation of children within one tree. A biased estimator (e.g. one that
-    counts continuations forced deeper along the same path) falls well below it.
+    counts continuations forced deeper along the same path) falls well below it. With adaptive
+    allocation on, how many samples a child gets depends on its earlier outcomes; the intervals must
+    still hold.
     """
     hits = total = 0
-    engine = Engine(_config(toy_model_dir, interval=interval, rollouts=8, continuations=3))
+    settings = dict(continuations=2, adaptive_continuations=adaptive, adaptive_batch=4) if adaptive else dict(continuations=3)
+    engine = Engine(_config(toy_model_dir, interval=interval, rollouts=8, **settings))
     for seed in range(8):
         tree = engine.build_tree(QUESTION, seed=seed)
         for rec in engine.score_tree(tree, ["ctx"], ["forward_kl"]):
