@@ -7,7 +7,8 @@ S(u) actually received and the exact success probabilities (tests/exact_toy.py).
     E|cos_hat - cos| = sqrt(2/pi) * sqrt(sum_k w_ik^2 v_k (1 - v_k) / n_k),   w_i = J^T e_d / ||g*||
 
 (gradalign_engine/allocation.py). An allocator that knew every v_k exactly would spread the same
-total of samples to minimise the sum of these errors (a convex problem, solved numerically). As every
+total of samples (everything uniform sampled, including children whose v_k is 0 or 1, which it would
+skip) to minimise the sum of these errors (a convex problem, solved numerically). As every
 error scales as 1/sqrt(samples), the rollouts it needs for uniform's error are
 (E_optimal / E_uniform)^2 of uniform's: a lower bound on the ratio that bench_exact_toy.py measures
 (no planner knows v; and at nodes with a tiny g* the approximation overstates uniform's error, whose
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import TOY_WORDS, make_tiny_model_dir  # noqa: E402
-from exact_toy import QUESTION, ExactToy, toy_config  # noqa: E402
+from exact_toy import MAX_NEW, QUESTION, ExactToy, toy_config  # noqa: E402
 
 from gradalign_engine import allocation  # noqa: E402
 from gradalign_engine import gradients as G  # noqa: E402
@@ -61,8 +62,10 @@ def tree_groups(engine: Engine, exact: ExactToy, tree, method: str = "reverse_kl
         e = d - float(d @ g / norm) * g / norm
         w = (e @ allocation.ideal_jacobian(p)) / norm
         # Children by token id: nodes sharing a prefix list their candidates in different orders.
-        group = groups.setdefault(prefix, {"v": {}, "visits": {}, "terms": []})
+        group = groups.setdefault(prefix, {"v": {}, "visits": {}, "terms": [], "paid": 0.0})
         for c, v_k in zip(support, v):
+            if c.token_id not in group["v"] and not (c.token_id == exact.eos or rec.depth + 1 >= MAX_NEW):
+                group["paid"] += c.visits  # sampled continuations (a fixed outcome costs nothing)
             group["v"][c.token_id], group["visits"][c.token_id] = float(v_k), float(c.visits)
         group["terms"].append({"w2": {c.token_id: float(x) for c, x in zip(support, w**2)}, "tiny": norm < TINY_IDEAL_NORM})
     return list(groups.values())
@@ -84,7 +87,9 @@ def uniform_and_optimal(groups: list[dict], skip_tiny: bool) -> tuple[float, flo
     n_uniform = np.array([max(groups[gi]["visits"][k], 1.0) for gi, k in open_])
     if not len(n_uniform):
         return 0.0, 0.0, len(terms)
-    budget = n_uniform.sum()
+    # Everything uniform paid for, including children whose success is certain (v = 0 or 1) but
+    # only known to be so by sampling them: the clairvoyant allocator may move that spend elsewhere.
+    budget = max(sum(g["paid"] for g in groups), n_uniform.sum())
     res = minimize(lambda x: total(np.exp(x)), np.log(n_uniform), method="SLSQP",
                    constraints=[{"type": "eq", "fun": lambda x: np.exp(x).sum() / budget - 1.0}], options={"maxiter": 500})
     return total(n_uniform), min(total(np.exp(res.x)), total(n_uniform)), len(terms)
