@@ -27,8 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import TOY_WORDS, make_tiny_model_dir  # noqa: E402
-from exact_toy import QUESTION, ExactToy, tree_alignment_error, toy_config  # noqa: E402
+from exact_toy import QUESTION, ExactToy, make_toy_model_dir, tree_alignment_error, toy_config  # noqa: E402
 
 from gradalign_engine.pipeline import Engine  # noqa: E402
 
@@ -74,8 +73,7 @@ def main() -> int:
     seeds = list(range(args.seeds))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_tiny_model_dir(Path(tmp) / "toy", words=["q", *TOY_WORDS], seed=3, hidden=32, layers=1,
-                                        init_std=0.6, chat_template=None, minimal_specials=True)
+        model_dir = make_toy_model_dir(Path(tmp) / "toy")
         exact = ExactToy(model_dir)
         uniform = [spend_and_error(model_dir, exact, seeds, continuations=m) for m in UNIFORM_CONTINUATIONS]
         adaptive = []

@@ -33,8 +33,7 @@ from scipy.optimize import minimize
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import TOY_WORDS, make_tiny_model_dir  # noqa: E402
-from exact_toy import MAX_NEW, QUESTION, ExactToy, toy_config  # noqa: E402
+from exact_toy import MAX_NEW, QUESTION, ExactToy, make_toy_model_dir, scored_nodes, toy_config  # noqa: E402
 
 from gradalign_engine import allocation  # noqa: E402
 from gradalign_engine import gradients as G  # noqa: E402
@@ -47,13 +46,7 @@ HALF_NORMAL_MEAN = float(np.sqrt(2 / np.pi))  # E|Z| for a standard normal Z
 def tree_groups(engine: Engine, exact: ExactToy, tree, method: str = "reverse_kl") -> list[dict]:
     """Per prefix: exact v, visits and the squared cosine gradients w_i^2 of its scored nodes."""
     groups: dict[tuple[int, ...], dict] = {}
-    for rec in engine.score_tree(tree, ["ctx"], [method]):
-        if not rec.distill:
-            continue
-        prefix = tuple(tree.rollouts[rec.rollout_index].tokens[: rec.depth])
-        support = [c for c in rec.candidates if c.in_support]
-        p = np.array([c.p_renorm for c in support])
-        v = np.array([exact.p_succ(prefix + (c.token_id,)) for c in support])
+    for rec, prefix, support, p, v in scored_nodes(engine, exact, tree, method):
         g = G.ideal_gradient(p, v)
         norm = float(np.linalg.norm(g))
         if G.cosine(g, np.array(rec.distill)) is None:
@@ -104,8 +97,7 @@ def main() -> int:
     started = time.perf_counter()
     points = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_tiny_model_dir(Path(tmp) / "toy", words=["q", *TOY_WORDS], seed=3, hidden=32, layers=1,
-                                        init_std=0.6, chat_template=None, minimal_specials=True)
+        model_dir = make_toy_model_dir(Path(tmp) / "toy")
         exact = ExactToy(model_dir)
         for m in args.continuations:
             engine = Engine(toy_config(model_dir, rollouts=8, continuations=m))

@@ -80,7 +80,6 @@ def tiny_model_dir_other_tokenizer(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_model_dir(tmp_path_factory) -> Path:
     """The exact-enumeration toy: a 6-token vocabulary (<eos> <unk> q a b c), peaked random distributions."""
-    return make_tiny_model_dir(
-        tmp_path_factory.mktemp("toy") / "model", words=["q", *TOY_WORDS], seed=3, hidden=32, layers=1,
-        init_std=0.6, chat_template=None, minimal_specials=True,
-    )
+    from exact_toy import make_toy_model_dir
+
+    return make_toy_model_dir(tmp_path_factory.mktemp("toy") / "model")

@@ -77,6 +77,26 @@ def alignment_error(engine, exact: ExactToy, seed: int, method: str = "reverse_k
     return tree_alignment_error(engine, exact, engine.build_tree(QUESTION, seed=seed), method)
 
 
+def make_toy_model_dir(path):
+    """The toy's model: 6 tokens (<eos> <unk> q a b c), peaked random distributions, saved at ``path``."""
+    from conftest import TOY_WORDS, make_tiny_model_dir
+
+    return make_tiny_model_dir(path, words=["q", *TOY_WORDS], seed=3, hidden=32, layers=1, init_std=0.6,
+                               chat_template=None, minimal_specials=True)
+
+
+def scored_nodes(engine, exact: ExactToy, tree, method: str = "reverse_kl"):
+    """Each record with a distillation direction, with its prefix, support, p~ and exact v over the support."""
+    for rec in engine.score_tree(tree, ["ctx"], [method]):
+        if not rec.distill:
+            continue
+        prefix = tuple(tree.rollouts[rec.rollout_index].tokens[: rec.depth])
+        support = [c for c in rec.candidates if c.in_support]
+        p = np.array([c.p_renorm for c in support])
+        v_exact = np.array([exact.p_succ(prefix + (c.token_id,)) for c in support])
+        yield rec, prefix, support, p, v_exact
+
+
 def tree_alignment_error(engine, exact: ExactToy, tree, method: str = "reverse_kl") -> tuple[float, int]:
     """Mean |cos - exact cos| over every scored node where the exact g* has a direction.
 
@@ -86,13 +106,7 @@ def tree_alignment_error(engine, exact: ExactToy, tree, method: str = "reverse_k
     can take from "no signal"; dropping it instead would reward small budgets for finding less.
     """
     errors = []
-    for rec in engine.score_tree(tree, ["ctx"], [method]):
-        if not rec.distill:
-            continue
-        prefix = tuple(tree.rollouts[rec.rollout_index].tokens[: rec.depth])
-        support = [c for c in rec.candidates if c.in_support]
-        p = np.array([c.p_renorm for c in support])
-        v_exact = np.array([exact.p_succ(prefix + (c.token_id,)) for c in support])
+    for rec, _, _, p, v_exact in scored_nodes(engine, exact, tree, method):
         exact_cos = G.cosine(G.ideal_gradient(p, v_exact), np.array(rec.distill))
         if exact_cos is not None:
             errors.append(abs((rec.cosine if rec.cosine is not None else 0.0) - exact_cos))
