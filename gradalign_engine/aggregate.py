@@ -1,7 +1,7 @@
 """Aggregate per-node alignment records into a report: the numbers a team reads to choose a teacher.
 
 From a list of :class:`~gradalign_engine.records.AlignmentRecord` it builds a :class:`Report`:
-- ``groups``: per (teacher, method, split) with split in correct / incorrect / all: node counts, the
+- ``groups``: per (teacher, method, split) with split in correct / incorrect / mixed / all: node counts, the
   mean cosine with a cluster-bootstrap CI, the weighted (by ||g*||) and pooled cosines, the fraction of
   positive alignments, the mean teacher advantage and the skip reasons;
 - ``comparisons``: per (teacher, method), incorrect minus correct rollouts (cluster bootstrap and
@@ -12,8 +12,16 @@ From a list of :class:`~gradalign_engine.records.AlignmentRecord` it builds a :c
 - ``per_question``: mean cosine per (tree, question, teacher, method).
 
 Only non-skipped nodes (records with a cosine) enter the statistics; skipped ones are counted with
-their reasons. The bootstrap resamples whole rollouts ((tree_id, rollout_index)) or whole questions
-(tree_id), per ``AnalysisConfig.bootstrap_unit``, because the nodes of one path are correlated.
+their reasons. A record is one distinct node (docs/method.md, "Distinct nodes"), counted once
+whatever the number of rollouts through it. Splits: a node is "correct" when every base rollout
+through it is correct, "incorrect" when every one is incorrect, and "mixed" otherwise; mixed nodes
+enter "all" but neither side of the incorrect-vs-correct comparison, so no measurement is used
+twice and the two compared groups share no rollout.
+
+The bootstrap resamples whole questions (tree_id) or whole rollouts, per
+``AnalysisConfig.bootstrap_unit``, because the nodes of one path are correlated. With shared nodes a
+"rollout" cluster is a connected group of rollouts: two rollouts are in one cluster when some node of
+the selection being resampled lies on both, so a shared node is never split between clusters.
 
 This module knows nothing of models, tensors, trees or gRPC: it reads records (plain data) and
 returns plain data. The result depends only on the multiset of records and the seed, not on their order
@@ -28,7 +36,7 @@ import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -44,12 +52,13 @@ __all__ = [
     "Correlation",
     "RankEntry",
     "QuestionStats",
+    "ScreenedQuestion",
     "Report",
     "build_report",
 ]
 
 #: Rollout-outcome splits of every group.
-SPLITS = ("correct", "incorrect", "all")
+SPLITS = ("correct", "incorrect", "mixed", "all")
 #: Quantities whose rank correlation with alignment is reported (Diagnostics fields and t/T).
 DIAGNOSTIC_NAMES = ("kl_pq", "kl_qp", "js", "l2", "cos_pq", "student_entropy", "normalized_depth")
 _NAN = float("nan")
@@ -61,10 +70,10 @@ class GroupStats:
 
     teacher: str
     method: str
-    split: str  # "correct", "incorrect" or "all"
+    split: str  # "correct", "incorrect", "mixed" or "all"
     nodes: int  # non-skipped nodes (records with a cosine)
     skipped: int  # skipped records
-    rollouts: int  # distinct (tree_id, rollout_index) among the non-skipped nodes
+    rollouts: int  # distinct (tree_id, rollout) pairs through the non-skipped nodes
     questions: int  # distinct tree_id among the non-skipped nodes
     mean_cosine: float
     mean_ci_low: float  # percentile CI of the cluster bootstrap (nan without resamples)
@@ -132,6 +141,17 @@ class QuestionStats:
 
 
 @dataclass
+class ScreenedQuestion:
+    """A question the screening pre-pass left out: its success rate lay outside the band."""
+
+    tree_id: str
+    question_id: str
+    rollouts: int  # screening rollouts
+    successes: int  # of those, verified correct
+    success_rate: float
+
+
+@dataclass
 class Report:
     """Everything aggregated from one set of records, with the settings that produced it."""
 
@@ -145,6 +165,7 @@ class Report:
     correlations: list[Correlation] = field(default_factory=list)
     ranking: list[RankEntry] = field(default_factory=list)
     per_question: list[QuestionStats] = field(default_factory=list)
+    screened_out: list[ScreenedQuestion] = field(default_factory=list)  # questions without nodes, with their rates
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe data: nan and infinities become None."""
@@ -160,6 +181,7 @@ class Report:
             "correlations": Correlation,
             "ranking": RankEntry,
             "per_question": QuestionStats,
+            "screened_out": ScreenedQuestion,
         }
         for name, item_cls in nested.items():
             data[name] = [_from_plain(item_cls, item) for item in data.get(name, [])]
@@ -197,7 +219,7 @@ class _Columns:
 
     teacher: np.ndarray  # object: teacher names
     method: np.ndarray  # object: method names
-    correct: np.ndarray  # bool
+    outcome: np.ndarray  # int8: 1 every rollout through the node correct, 0 every one incorrect, -1 mixed
     cosine: np.ndarray  # nan when skipped
     scored: np.ndarray  # bool: has a cosine
     ideal_norm: np.ndarray
@@ -205,7 +227,7 @@ class _Columns:
     dot: np.ndarray  # <g*, d> over S(u), from the stored vectors (0 for skipped records)
     ideal_sq: np.ndarray  # ||g*||^2
     distill_sq: np.ndarray  # ||d||^2
-    rollout_cluster: np.ndarray  # int ids of (tree_id, rollout_index), numbered in sorted order
+    rollout_ids: list[np.ndarray]  # per record: int ids of the (tree_id, rollout) pairs through it, sorted order
     question_cluster: np.ndarray  # int ids of tree_id, numbered in sorted order
     diagnostics: np.ndarray  # [N, len(DIAGNOSTIC_NAMES)]
     skip_reason: np.ndarray  # object: reason strings ("" when scored)
@@ -245,6 +267,43 @@ def _vector_products(
     return dot, ideal_sq, distill_sq
 
 
+def _rollout_ids(records: Sequence[AlignmentRecord]) -> list[np.ndarray]:
+    """Per record, int ids of the (tree_id, rollout) pairs through its node, numbered in sorted order."""
+    pairs = [[(r.tree_id, i) for i in r.rollouts] for r in records]
+    index_of = {pair: k for k, pair in enumerate(sorted({p for ps in pairs for p in ps}))}
+    return [np.array(sorted(index_of[p] for p in ps), dtype=np.int64) for ps in pairs]
+
+
+def _rollout_clusters(cols: _Columns, selection: np.ndarray) -> np.ndarray:
+    """Cluster label of each selected record: rollouts joined by the selected nodes they share.
+
+    Union-find over rollout ids; a component is labelled by its smallest rollout id, so labels do not
+    depend on record order. Unselected records get -1.
+    """
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    chosen = np.flatnonzero(selection)
+    for k in chosen:
+        ids = cols.rollout_ids[k]
+        root = find(int(ids[0]))
+        for other in ids[1:]:
+            other_root = find(int(other))
+            if other_root != root:
+                parent[max(root, other_root)] = min(root, other_root)
+                root = min(root, other_root)
+    labels = np.full(len(cols.rollout_ids), -1, dtype=np.int64)
+    for k in chosen:
+        labels[k] = find(int(cols.rollout_ids[k][0]))
+    return labels
+
+
 def _columns(records: Sequence[AlignmentRecord]) -> _Columns:
     cosine = np.array([_float_or_nan(r.cosine) for r in records], dtype=np.float64)
     scored = np.array([r.cosine is not None for r in records], dtype=bool)
@@ -257,7 +316,7 @@ def _columns(records: Sequence[AlignmentRecord]) -> _Columns:
     return _Columns(
         teacher=np.array([r.teacher for r in records], dtype=object),
         method=np.array([r.method for r in records], dtype=object),
-        correct=np.array([bool(r.rollout_correct) for r in records], dtype=bool),
+        outcome=np.array([{True: 1, False: 0}.get(r.rollout_correct, -1) for r in records], dtype=np.int8),
         cosine=cosine,
         scored=scored,
         ideal_norm=np.array([float(r.ideal_norm) for r in records], dtype=np.float64),
@@ -265,7 +324,7 @@ def _columns(records: Sequence[AlignmentRecord]) -> _Columns:
         dot=dot,
         ideal_sq=ideal_sq,
         distill_sq=distill_sq,
-        rollout_cluster=_sorted_ids([(r.tree_id, r.rollout_index) for r in records]),
+        rollout_ids=_rollout_ids(records),
         question_cluster=_sorted_ids([r.tree_id for r in records]),
         diagnostics=diagnostics,
         skip_reason=np.array(
@@ -291,12 +350,12 @@ def _safe_ratio(numerator: float, denominator: float) -> float:
 
 def _group_stats(
     cols: _Columns, selection: np.ndarray, teacher: str, method: str, split: str,
-    clusters: np.ndarray, n_boot: int, seed: int, confidence: float,
+    clusters: Callable[[np.ndarray], np.ndarray], n_boot: int, seed: int, confidence: float,
 ) -> GroupStats:
     scored = selection & cols.scored
     cos = cols.cosine[scored]
     mean, low, high = cluster_bootstrap_mean(
-        cos, clusters[scored], n_boot=n_boot, seed=_derived_seed(seed, "mean", teacher, method, split),
+        cos, clusters(scored)[scored], n_boot=n_boot, seed=_derived_seed(seed, "mean", teacher, method, split),
         confidence=confidence,
     )
     weights = cols.ideal_norm[scored]
@@ -310,7 +369,7 @@ def _group_stats(
         split=split,
         nodes=int(scored.sum()),
         skipped=int((selection & ~cols.scored).sum()),
-        rollouts=int(np.unique(cols.rollout_cluster[scored]).size),
+        rollouts=len({int(i) for k in np.flatnonzero(scored) for i in cols.rollout_ids[k]}),
         questions=int(np.unique(cols.question_cluster[scored]).size),
         mean_cosine=mean,
         mean_ci_low=low,
@@ -327,12 +386,12 @@ def _group_stats(
 
 def _split_comparison(
     cols: _Columns, selection: np.ndarray, teacher: str, method: str,
-    clusters: np.ndarray, n_boot: int, seed: int, confidence: float,
+    clusters: Callable[[np.ndarray], np.ndarray], n_boot: int, seed: int, confidence: float,
 ) -> SplitComparison:
-    incorrect = selection & cols.scored & ~cols.correct
-    correct = selection & cols.scored & cols.correct
+    incorrect = selection & cols.scored & (cols.outcome == 0)
+    correct = selection & cols.scored & (cols.outcome == 1)
     diff, low, high, p_boot = cluster_bootstrap_diff(
-        cols.cosine[incorrect], clusters[incorrect], cols.cosine[correct], clusters[correct],
+        cols.cosine[incorrect], clusters(incorrect)[incorrect], cols.cosine[correct], clusters(correct)[correct],
         n_boot=n_boot, seed=_derived_seed(seed, "diff", teacher, method), confidence=confidence,
     )
     u_statistic, p_mw = mann_whitney_greater(cols.cosine[incorrect], cols.cosine[correct])
@@ -403,6 +462,16 @@ def _per_question(records: Sequence[AlignmentRecord]) -> list[QuestionStats]:
     ]
 
 
+def _screened_out(trees: Iterable[Any]) -> list[ScreenedQuestion]:
+    out = []
+    for tree in trees:
+        summary = tree if isinstance(tree, dict) else dataclasses.asdict(tree)
+        if summary.get("screened_out"):
+            n, k = int(summary["screen_rollouts"]), int(summary["screen_successes"])
+            out.append(ScreenedQuestion(summary["tree_id"], summary["question_id"], n, k, k / n if n else _NAN))
+    return sorted(out, key=lambda s: (s.question_id, s.tree_id))
+
+
 def _method_order(present: Iterable[str]) -> list[str]:
     """Canonical methods in config order, then any others alphabetically."""
     present = set(present)
@@ -410,12 +479,14 @@ def _method_order(present: Iterable[str]) -> list[str]:
 
 
 def build_report(
-    records: Sequence[AlignmentRecord], analysis: AnalysisConfig, seed: int = 0, confidence: float = 0.95
+    records: Sequence[AlignmentRecord], analysis: AnalysisConfig, seed: int = 0, confidence: float = 0.95,
+    trees: Iterable[Any] = (),
 ) -> Report:
     """Aggregate ``records`` into a :class:`Report`.
 
     ``analysis.bootstrap_samples`` and ``analysis.bootstrap_unit`` set the bootstrap; ``confidence`` is
-    the level of every interval. Deterministic given the records (in any order) and ``seed``.
+    the level of every interval. ``trees`` (TreeSummary objects or their dicts) lets the report list the
+    questions that screening left out. Deterministic given the records (in any order) and ``seed``.
     """
     if not (0.0 < confidence < 1.0):
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -423,15 +494,20 @@ def build_report(
     report = Report(
         records=len(records), seed=seed, bootstrap_unit=analysis.bootstrap_unit,
         bootstrap_samples=analysis.bootstrap_samples, confidence=confidence,
+        screened_out=_screened_out(trees),
     )
     if not records:
         return report
     cols = _columns(records)
-    clusters = cols.rollout_cluster if analysis.bootstrap_unit == "rollout" else cols.question_cluster
+    if analysis.bootstrap_unit == "rollout":
+        clusters = lambda mask: _rollout_clusters(cols, mask)  # noqa: E731 - connected groups of the selection
+    else:
+        clusters = lambda mask: cols.question_cluster  # noqa: E731
     n_boot = analysis.bootstrap_samples
     methods = _method_order(cols.method.tolist())
     teachers = sorted(set(cols.teacher.tolist()))
-    split_masks = {"correct": cols.correct, "incorrect": ~cols.correct, "all": np.ones(len(records), dtype=bool)}
+    split_masks = {"correct": cols.outcome == 1, "incorrect": cols.outcome == 0, "mixed": cols.outcome == -1,
+                   "all": np.ones(len(records), dtype=bool)}
     for teacher in teachers:
         teacher_mask = cols.teacher == teacher
         for method in methods:

@@ -143,6 +143,12 @@ class RolloutConfig:
     max_continuations: int = field(default=4096, metadata=_help("Budget: forced continuations per question; nodes past it are recorded as skipped (budget_exhausted)."))
     adaptive_continuations: int = field(default=0, metadata=_help("Step 6: extra continuations per question spent where they most reduce the expected error of the target teachers' cosines; 0 disables."))
     adaptive_batch: int = field(default=8, metadata=_help("Step 6: continuations per child per adaptive round."))
+    screen_rollouts: int = field(
+        default=0,
+        metadata=_help("Question screening: the first this many base rollouts are sampled and verified first; a question whose success rate among them lies outside [screen_min_success, screen_max_success] gets no nodes (screened out). 0 disables."),
+    )
+    screen_min_success: float = field(default=0.05, metadata=_help("Question screening: lowest success rate kept (inclusive)."))
+    screen_max_success: float = field(default=0.95, metadata=_help("Question screening: highest success rate kept (inclusive)."))
     interval: str = field(default="wilson", metadata=_help("Interval on each success estimate: 'wilson' or 'beta' (Clopper-Pearson)."))
     confidence: float = field(default=0.95, metadata=_help("Confidence level of the intervals."))
 
@@ -158,6 +164,9 @@ class RolloutConfig:
         _check(isinstance(self.max_continuations, int) and self.max_continuations >= 0, "max_continuations", self.max_continuations, "must be an integer >= 0")
         _check(isinstance(self.adaptive_continuations, int) and self.adaptive_continuations >= 0, "adaptive_continuations", self.adaptive_continuations, "must be an integer >= 0")
         _check(isinstance(self.adaptive_batch, int) and self.adaptive_batch >= 1, "adaptive_batch", self.adaptive_batch, "must be an integer >= 1")
+        _check(isinstance(self.screen_rollouts, int) and 0 <= self.screen_rollouts <= self.num_rollouts, "screen_rollouts", self.screen_rollouts, f"must be an integer in [0, num_rollouts={self.num_rollouts}]")
+        _check(_is_number(self.screen_min_success) and 0 <= self.screen_min_success <= 1, "screen_min_success", self.screen_min_success, "must be in [0, 1]")
+        _check(_is_number(self.screen_max_success) and self.screen_min_success <= self.screen_max_success <= 1, "screen_max_success", self.screen_max_success, f"must be in [screen_min_success={self.screen_min_success}, 1]")
         _check(self.interval in ("wilson", "beta"), "interval", self.interval, "must be 'wilson' or 'beta'")
         _check(_is_number(self.confidence) and 0.5 <= self.confidence < 1, "confidence", self.confidence, "must be in [0.5, 1)")
 

@@ -27,6 +27,7 @@ __all__ = [
     "Question",
     "load_questions",
     "bundled_dataset_path",
+    "bundled_config_path",
     "bundled_dataset_names",
     "choice_letters",
 ]
@@ -232,4 +233,15 @@ def bundled_dataset_path(name: str = "demo") -> Path:
     if not path.is_file():
         known = ", ".join(bundled_dataset_names()) or "(none)"
         raise DatasetError("name", name, f"no bundled dataset of that name; known: {known}")
+    return path
+
+
+def bundled_config_path(name: str) -> Path:
+    """Path of a run or study config shipped in the package (``gradalign_engine/data/<name>.toml``)."""
+    if not isinstance(name, str) or not _DATASET_NAME.fullmatch(name) or ".." in name:
+        raise DatasetError("name", name, "must be a bundled config name such as 'study_smollm2'")
+    path = _BUNDLED_DIR / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in _BUNDLED_DIR.glob("*.toml"))) or "(none)"
+        raise DatasetError("name", name, f"no bundled config of that name; known: {known}")
     return path

@@ -24,17 +24,18 @@ import numpy as np
 import torch
 
 from . import allocation
+from .cache import LruCache
 from . import gradients as G
 from .backends import Backend, BranchRequest, CancelToken, load_backend
 from .config import AnalysisConfig, RolloutConfig, RunConfig, SamplingConfig, canonical_method
 from .data import Question
 from .errors import BudgetError, ConfigError, NotFoundError, PreconditionError
 from .prompts import render_prompt, render_user_message
-from .records import AlignmentRecord, Candidate, Diagnostics, SkipReason
-from .stats import success_interval
+from .records import AlignmentRecord, SkipReason
+from .score import TreeScorer, screen_context
 from .teachers import SUMMARY_PROMPT, Teacher, check_tokenizer_compatibility
 from .tree import AnalysisNode, Continuation, Rollout, RolloutTree, TreeSummary
-from .verifiers import get_verifier
+from .verifiers import VerifyResult, get_verifier, judge
 
 __all__ = ["Engine", "ModelEntry", "derive_seed", "depth_windows", "ProgressFn"]
 
@@ -74,14 +75,6 @@ class ModelEntry:
     model_hash: str
 
 
-@dataclass
-class _RolloutScores:
-    """What one teacher-forced pass leaves behind: full rows at chosen depths, sampled log-probs."""
-
-    rows: dict[int, torch.Tensor]  # depth -> log-probs over the vocabulary
-    sampled: torch.Tensor  # [T] log-prob of the rollout's own token at each depth
-
-
 class Engine:
     """Student and teachers resident in memory; builds trees and scores teachers."""
 
@@ -90,9 +83,10 @@ class Engine:
         self.config = config
         self.student: Backend = backends.pop("student", None) or load_backend(config.student)
         self.teachers: dict[str, Teacher] = {}
-        self._summaries: dict[tuple[str, str, str], str] = {}
-        self._cancel: CancelToken | None = None  # the running call's token, for summaries and screening
-        self._screens: dict[tuple[str, str, str], bool] = {}
+        # Bounded: a long-running server sees many questions. Summaries are per (author, question, solution),
+        # screens per (teacher, tree, prompt); both are deterministic, so an evicted entry is recomputed alike.
+        self._summaries: LruCache[tuple[str, str, str], str] = LruCache(4096)
+        self._screens: LruCache[tuple[str, str, str], bool] = LruCache(16384)
         for spec in config.teachers:
             if spec.kind == "self":
                 backend = self.student
@@ -159,6 +153,8 @@ class Engine:
         """
         shaping = {k: settings[k] for k in ("schema", "question", "student", "prompt", "sampling", "seed")}
         shaping["num_rollouts"] = settings["rollouts"]["num_rollouts"]
+        if settings["rollouts"].get("screen_rollouts"):
+            shaping["screen_rollouts"] = settings["rollouts"]["screen_rollouts"]
         return derive_seed("base", json.dumps(shaping, sort_keys=True, default=str))
 
     def _settings(self, question, rollouts, sampling, seed, target_teachers) -> dict:
@@ -188,68 +184,58 @@ class Engine:
         return list(dict.fromkeys(target_teachers))
 
     # ------------------------------------------------------------------ helpers
-    def _verify(self, question: Question, tokens: Sequence[int], tokenizer) -> tuple[bool, str, str | None]:
-        text = tokenizer.decode(list(tokens), skip_special_tokens=True)
-        options = dict(question.extra.get("verifier_options", {}) or {}) if question.extra else {}
-        result = get_verifier(question.verifier, **options).check(text, question)
-        return bool(result.correct), text, result.extracted
+    def _verifier(self, question: Question):
+        options = question.extra.get("verifier_options", {}) if question.extra else {}
+        if not isinstance(options, Mapping):
+            raise ConfigError("question.extra.verifier_options", options, "must be an object of verifier options")
+        return get_verifier(question.verifier, **dict(options))
 
-    def _summarizer(self, spec) -> Callable[[str, str], str]:
-        def summarize(question_id: str, solution: str) -> str:
-            cancel = self._cancel
+    def verify(self, question: Question, tokens: Sequence[int], max_new_tokens: int | None = None) -> VerifyResult:
+        """The verifier's verdict on a completion of the student's (token ids), sampled up to ``max_new_tokens``."""
+        return self._verify(question, tokens, self.student.tokenizer, max_new_tokens)[0]
+
+    def _verify(self, question: Question, tokens: Sequence[int], tokenizer, max_new_tokens: int | None = None) -> tuple[VerifyResult, str]:
+        """Verdict and text; a completion that reached the length limit without an end token is truncated."""
+        text = tokenizer.decode(list(tokens), skip_special_tokens=True)
+        limit = self.config.sampling.max_new_tokens if max_new_tokens is None else max_new_tokens
+        truncated = len(tokens) >= limit and (not tokens or tokens[-1] not in self.student.eos_token_ids)
+        return judge(self._verifier(question), text, question, truncated=truncated), text
+
+    def _summarizer(self, spec) -> Callable[[str, str, CancelToken | None], str]:
+        def summarize(question_id: str, solution: str, cancel: CancelToken | None) -> str:
             author = spec.summarizer
             backend = self.student if author == "student" else self.teachers[author].backend
             key = (author, question_id, hashlib.sha256(solution.encode()).hexdigest())
-            if key not in self._summaries:
+
+            def write() -> str:
                 prompt = render_user_message(backend.tokenizer, SUMMARY_PROMPT.format(solution=solution), self.config.prompt)
-                out = backend.generate([BranchRequest(prefix=tuple(prompt), n=1, max_new_tokens=96, seed=0)], temperature=0.0, cancel=cancel)
-                self._summaries[key] = backend.tokenizer.decode(out[0][0], skip_special_tokens=True).strip()
-            return self._summaries[key]
+                req = BranchRequest(prefix=tuple(prompt), n=1, max_new_tokens=96, seed=0)
+                out = backend.generate([req], temperature=0.0, cancel=cancel)
+                return backend.tokenizer.decode(out[0][0], skip_special_tokens=True).strip()
+
+            return self._summaries.get_or_compute(key, write)
 
         return summarize
 
-    def _passes_screen(self, teacher: Teacher, tree: RolloutTree, prompt: list[int], sampling: SamplingConfig) -> bool:
+    def _passes_screen(self, teacher: Teacher, tree: RolloutTree, prompt: list[int], cancel: CancelToken | None) -> bool:
         """Whether the teacher, answering greedily with its context, solves the question."""
-        key = (teacher.name, tree.tree_id, hashlib.sha256(json.dumps(prompt).encode()).hexdigest())
-        if key not in self._screens:
-            req = BranchRequest(prefix=tuple(prompt), n=1, max_new_tokens=sampling.max_new_tokens, seed=0)
-            tokens = teacher.backend.generate([req], temperature=0.0, cancel=self._cancel)[0][0]
-            self._screens[key] = self._verify(tree.question, tokens, teacher.backend.tokenizer)[0]
-        return self._screens[key]
+        def verify(tr: RolloutTree, tokens, tokenizer) -> bool:
+            return self._verify(tr.question, tokens, tokenizer, tr.settings["sampling"]["max_new_tokens"])[0].correct
 
-    def _teacher_prompts(self, teacher: Teacher, tree: RolloutTree, indices: Iterable[int], sampling: SamplingConfig):
+        return screen_context(teacher, tree, prompt, cancel, verify, self._screens)
+
+    def _teacher_prompts(self, teacher: Teacher, tree: RolloutTree, indices: Iterable[int], cancel: CancelToken | None):
+        """Build-time prompts, one per rollout: each rollout's context leaves that rollout out."""
         prompts: dict[int, list[int] | None] = {}
-        reasons: dict[int, str] = {}
         for i in indices:
             if not teacher.is_self:
                 prompts[i] = list(tree.prompt_ids)
                 continue
-            ids, reason = teacher.prompt_ids(tree, i)
-            if ids is not None and teacher.spec.screen and not self._passes_screen(teacher, tree, ids, sampling):
-                ids, reason = None, SkipReason.SCREENED_OUT
+            ids, _ = teacher.prompt_ids(tree, {i}, cancel=cancel)
+            if ids is not None and teacher.spec.screen and not self._passes_screen(teacher, tree, ids, cancel):
+                ids = None
             prompts[i] = ids
-            if reason:
-                reasons[i] = reason
-        return prompts, reasons
-
-    def _score_pass(
-        self, backend: Backend, prompts: Mapping[int, list[int] | None], tree: RolloutTree, temperature: float,
-        cancel: CancelToken | None, keep_rows: Callable[[int, torch.Tensor], Iterable[int]],
-        on_full: Callable[[int, torch.Tensor], None] | None = None,
-    ) -> dict[int, _RolloutScores]:
-        """One teacher-forced pass per rollout; keeps only the rows ``keep_rows`` asks for."""
-        out: dict[int, _RolloutScores] = {}
-        todo = [i for i, p in prompts.items() if p is not None and tree.rollouts[i].tokens]
-        for start in range(0, len(todo), _SCORE_GROUP):
-            group = todo[start: start + _SCORE_GROUP]
-            logps = backend.score([prompts[i] for i in group], [tree.rollouts[i].tokens for i in group], temperature=temperature, cancel=cancel)
-            for i, lp in zip(group, logps):
-                tokens = torch.tensor(tree.rollouts[i].tokens)
-                sampled = lp.gather(1, tokens[:, None]).squeeze(1).clone()
-                if on_full is not None:
-                    on_full(i, lp)
-                out[i] = _RolloutScores(rows={t: lp[t].clone() for t in keep_rows(i, lp)}, sampled=sampled)
-        return out
+        return prompts, {}
 
     # ------------------------------------------------------------------ BuildTree
     def build_tree(
@@ -268,8 +254,9 @@ class Engine:
         scfg = sampling or self.config.sampling
         seed = self.config.seed if seed is None else seed
         targets = self._targets(target_teachers)
-        self._cancel = cancel
-        get_verifier(question.verifier, **(dict(question.extra.get("verifier_options", {}) or {}) if question.extra else {}))
+        verifier = self._verifier(question)
+        if hasattr(verifier, "validate"):
+            verifier.validate(question)  # a reference answer the verifier cannot read fails before any sampling
         started = time.perf_counter()
         generated_before = self.student.counters.snapshot()["generated_tokens"]
         student, tok = self.student, self.student.tokenizer
@@ -279,20 +266,36 @@ class Engine:
         report = progress or (lambda stage, done, total: None)
         sample_kw = dict(temperature=scfg.temperature, top_p=scfg.top_p, top_k=scfg.top_k, cancel=cancel)
 
-        # Step 1: base rollouts, verified.
-        report("rollouts", 0, rcfg.num_rollouts)
-        # retain: the backend may keep each rollout's KV cache and hidden states, so that the student's
-        # scoring pass and the continuations from its prefixes forward no token twice.
-        base = student.generate(
-            [BranchRequest(prefix=tuple(prompt), n=rcfg.num_rollouts, max_new_tokens=scfg.max_new_tokens, seed=self._base_seed(settings))],
-            **sample_kw, retain=True,
-        )[0]
-        rollouts_: list[Rollout] = []
-        for i, tokens in enumerate(base):
-            ok, text, extracted = self._verify(question, tokens, tok)
-            rollouts_.append(Rollout(index=i, tokens=list(tokens), text=text, correct=ok, extracted=extracted))
-        tree = RolloutTree(tree_id=tree_id, question=question, prompt_ids=list(prompt), rollouts=rollouts_, settings=settings)
-        report("rollouts", rcfg.num_rollouts, rcfg.num_rollouts)
+        # Step 1: base rollouts, verified; with screening on, the first screen_rollouts of them decide
+        # whether the question is informative at all before the rest are sampled.
+        base_seed = self._base_seed(settings)
+        tree = RolloutTree(tree_id=tree_id, question=question, prompt_ids=list(prompt), rollouts=[], settings=settings)
+        screen = rcfg.screen_rollouts
+        batches = [(screen, derive_seed(base_seed, "screen")), (rcfg.num_rollouts - screen, derive_seed(base_seed, "rest"))] if screen else [(rcfg.num_rollouts, base_seed)]
+        screened_out = False
+        for n, batch_seed in batches:
+            if n == 0:
+                continue
+            report("rollouts", len(tree.rollouts), rcfg.num_rollouts)
+            # retain: the backend may keep each rollout's KV cache and hidden states, so that the student's
+            # scoring pass and the continuations from its prefixes forward no token twice.
+            sampled = student.generate(
+                [BranchRequest(prefix=tuple(prompt), n=n, max_new_tokens=scfg.max_new_tokens, seed=batch_seed)],
+                **sample_kw, retain=True,
+            )[0]
+            for tokens in sampled:
+                verdict, text = self._verify(question, tokens, tok, scfg.max_new_tokens)
+                tree.rollouts.append(Rollout(index=len(tree.rollouts), tokens=list(tokens), text=text, correct=verdict.correct,
+                                             extracted=verdict.extracted, reason=verdict.reason))
+            if screen and len(tree.rollouts) == screen:
+                rate = sum(r.correct for r in tree.rollouts) / screen
+                if not rcfg.screen_min_success <= rate <= rcfg.screen_max_success:
+                    screened_out = True
+                    break
+        report("rollouts", len(tree.rollouts), rcfg.num_rollouts)
+        if screened_out:
+            tree.summary = self._summary(tree, started, generated_before, screened_out=True)
+            return tree
 
         # Steps 2-4: one pass per model per rollout -> priorities -> nodes -> candidates.
         # Step 6 needs the student's and teachers' rows at the nodes: kept from this pass, not recomputed.
@@ -316,17 +319,23 @@ class Engine:
         if rcfg.adaptive_continuations > 0 and active:
             self._adaptive(tree, active, rcfg, scfg, seed, cancel, targets, node_rows)
         tree.nodes = sorted(nodes, key=lambda n: (n.rollout_index, n.depth))
+        tree.summary = self._summary(tree, started, generated_before, screened_out=False)
+        return tree
+
+    def _summary(self, tree: RolloutTree, started: float, generated_before: int, *, screened_out: bool) -> TreeSummary:
         correct = sum(r.correct for r in tree.rollouts)
-        tree.summary = TreeSummary(
-            tree_id=tree_id, question_id=question.id, rollouts=len(tree.rollouts), correct=correct,
+        screen = tree.settings["rollouts"].get("screen_rollouts", 0)
+        return TreeSummary(
+            tree_id=tree.tree_id, question_id=tree.question.id, rollouts=len(tree.rollouts), correct=correct,
             accuracy=correct / max(len(tree.rollouts), 1),
             nodes_analysed=sum(n.skip_reason is None for n in tree.nodes),
             nodes_skipped=sum(n.skip_reason is not None for n in tree.nodes),
             continuations=len(tree.continuations),
             tokens_generated=self.student.counters.snapshot()["generated_tokens"] - generated_before,
             seconds=round(time.perf_counter() - started, 3),
+            screened_out=screened_out, screen_rollouts=screen,
+            screen_successes=sum(r.correct for r in tree.rollouts[:screen]),
         )
-        return tree
 
     def _choose_nodes(self, tree, rcfg: RolloutConfig, scfg: SamplingConfig, seed: int, targets: list[str], cancel,
                       node_rows: dict | None = None) -> list[AnalysisNode]:
@@ -340,7 +349,7 @@ class Engine:
         indices = [r.index for r in tree.rollouts if r.tokens]
         rng = np.random.default_rng(derive_seed(seed, tree.tree_id, "uniform-priority"))
         uniform = rcfg.priority == "uniform" or not targets
-        nodes: list[AnalysisNode] = []
+        by_prefix: dict[tuple[int, ...], AnalysisNode] = {}  # rollouts in index order: the first to reach a prefix owns it
         for start in range(0, len(indices), _SCORE_GROUP):
             group = indices[start: start + _SCORE_GROUP]
             completions = {i: tree.rollouts[i].tokens for i in group}
@@ -351,7 +360,7 @@ class Engine:
             teacher_logqs: dict[str, dict[int, torch.Tensor]] = {}
             for name in targets:
                 teacher = self.teachers[name]
-                prompts, _ = self._teacher_prompts(teacher, tree, group, scfg)
+                prompts, _ = self._teacher_prompts(teacher, tree, group, cancel)
                 have = [i for i in group if prompts[i] is not None]
                 if not have:
                     continue
@@ -368,14 +377,21 @@ class Engine:
             for i in group:
                 chosen = self._nodes_on_path(i, completions[i], rng.random(len(completions[i])) if uniform else priority[i].numpy(),
                                              logps[i], pools[i], rcfg)
-                nodes.extend(chosen)
-                if node_rows is not None:
-                    for node in chosen:
+                for node in chosen:
+                    prefix = tuple(completions[i][: node.depth])
+                    if prefix in by_prefix:  # a distinct prefix is one node: merge the candidates this rollout adds
+                        shared = by_prefix[prefix]
+                        shared.candidates.extend(c for c in node.candidates if c not in shared.candidates)
+                        continue
+                    by_prefix[prefix] = node
+                    if node_rows is not None:
                         node_rows[(None, i, node.depth)] = logps[i][node.depth].clone()
                         for name, rows in teacher_logqs.items():
                             if i in rows:
                                 node_rows[(name, i, node.depth)] = rows[i][node.depth].clone()
-        return nodes
+        for prefix, node in by_prefix.items():
+            node.rollouts = tree.rollouts_through(prefix)
+        return list(by_prefix.values())
 
     @staticmethod
     def _nodes_on_path(index: int, tokens: list[int], prio: np.ndarray, logp: torch.Tensor, pools: list[torch.Tensor], rcfg: RolloutConfig) -> list[AnalysisNode]:
@@ -405,7 +421,7 @@ class Engine:
             remaining = scfg.max_new_tokens - node.depth - 1
             if cand in eos or remaining <= 0:
                 # The completion ends at the forced token: its outcome is determined, no sampling needed.
-                ok, _, _ = self._verify(tree.question, base.tokens[: node.depth] + [cand], tok)
+                ok = self._verify(tree.question, base.tokens[: node.depth] + [cand], tok, scfg.max_new_tokens)[0].correct
                 out.extend(Continuation(node.rollout_index, node.depth, cand, [], ok, adaptive) for _ in range(n))
                 continue
             tag = len([o for o in owners if o[0] is node and o[1] == cand])  # distinct stream per extra round
@@ -418,7 +434,7 @@ class Engine:
         for (node, cand), samples in zip(owners, results):
             base = tree.rollouts[node.rollout_index]
             for suffix in samples:
-                ok, _, _ = self._verify(tree.question, base.tokens[: node.depth] + [cand] + list(suffix), tok)
+                ok = self._verify(tree.question, base.tokens[: node.depth] + [cand] + list(suffix), tok, scfg.max_new_tokens)[0].correct
                 out.append(Continuation(node.rollout_index, node.depth, cand, list(suffix), ok, adaptive))
         return out
 
@@ -543,113 +559,15 @@ class Engine:
     ) -> list[AlignmentRecord]:
         """Per-node alignment records of each teacher x method on ``tree``."""
         acfg = analysis or self.config.analysis
-        self._cancel = cancel
         methods = [canonical_method(m) for m in methods] or list(acfg.methods)
         if not teachers:
             raise ConfigError("teachers", list(teachers), "name at least one teacher")
         for name in teachers:
             self._teacher(name)
-        sampling = SamplingConfig(**tree.settings["sampling"]) if tree.settings.get("sampling") else self.config.sampling
-        rcfg = RolloutConfig(**tree.settings["rollouts"]) if tree.settings.get("rollouts") else self.config.rollouts
         if tree.settings.get("student", {}).get("model_hash") not in (None, self.student.info.model_hash):
             raise PreconditionError(f"tree {tree.tree_id} was built by a different student model than the one loaded")
-        counter = tree.counter()
-        want: dict[int, list[int]] = {}
-        for node in tree.nodes:
-            want.setdefault(node.rollout_index, []).append(node.depth)
-        student = self._score_pass(self.student, {i: list(tree.prompt_ids) for i in want}, tree, sampling.temperature, cancel, lambda i, lp: want[i])
-        node_info = {id(n): self._node_support(tree, n, counter, rcfg, student[n.rollout_index]) for n in tree.nodes}
-        records: list[AlignmentRecord] = []
-        for name in teachers:
-            teacher = self.teachers[name]
-            prompts, reasons = self._teacher_prompts(teacher, tree, want, sampling)
-            scores = self._score_pass(teacher.backend, prompts, tree, acfg.teacher_temperature, cancel, lambda i, lq: want[i])
-            for node in tree.nodes:
-                i = node.rollout_index
-                records.extend(self._node_records(tree, node, node_info[id(node)], student[i], scores.get(i), reasons.get(i), name, methods, acfg))
-        return records
-
-    def _node_support(self, tree, node: AnalysisNode, counter, rcfg: RolloutConfig, student: _RolloutScores) -> dict:
-        tokens = tree.rollouts[node.rollout_index].tokens
-        children = {c.token_id: c for c in counter.children(tokens[: node.depth])}
-        order = list(node.candidates) + sorted(t for t in children if t not in node.candidates)
-        support = [t for t in order if t in children and children[t].visits >= rcfg.min_child_samples]
-        logp_row = student.rows[node.depth]
-        p_full = np.array([math.exp(float(logp_row[t])) for t in support], dtype=np.float64)
-        v = np.array([children[t].successes / children[t].visits for t in support], dtype=np.float64)
-        ideal = G.ideal_gradient(G.renormalize(p_full), v) if len(support) >= 2 and p_full.sum() > 0 else np.zeros(len(support))
-        return {"children": children, "order": order, "support": support, "p_full": p_full, "v": v, "ideal": ideal, "rcfg": rcfg}
-
-    def _node_records(self, tree, node, info, student: _RolloutScores, teacher: _RolloutScores | None, teacher_skip, name, methods, acfg) -> list[AlignmentRecord]:
-        rollout = tree.rollouts[node.rollout_index]
-        t, T = node.depth, len(rollout.tokens)
-        tok = self.student.tokenizer
-        children, support, rcfg = info["children"], info["support"], info["rcfg"]
-        sampled = rollout.tokens[t]
-        logp_row = student.rows[t]
-        logq_row = teacher.rows[t] if teacher is not None else None
-        p_tilde = G.renormalize(info["p_full"]) if len(support) >= 2 and info["p_full"].sum() > 0 else np.zeros(len(support))
-        q_full = np.array([math.exp(float(logq_row[x])) for x in support], dtype=np.float64) if logq_row is not None else np.zeros(len(support))
-        q_tilde = G.renormalize(q_full) if len(support) >= 2 and q_full.sum() > 0 else np.zeros(len(support))
-        renorm = {x: (float(p_tilde[j]), float(q_tilde[j])) for j, x in enumerate(support)}
-        candidates = []
-        for x in info["order"]:
-            c = children.get(x)
-            visits, succ = (c.visits, c.successes) if c else (0, 0)
-            lo, hi = success_interval(succ, visits, rcfg.interval, rcfg.confidence)
-            candidates.append(Candidate(
-                token_id=int(x), token_text=tok.decode([int(x)]), p=math.exp(float(logp_row[x])),
-                q=math.exp(float(logq_row[x])) if logq_row is not None else float("nan"),
-                p_renorm=renorm.get(x, (0.0, 0.0))[0], q_renorm=renorm.get(x, (0.0, 0.0))[1],
-                visits=visits, successes=succ, estimate=succ / visits if visits else float("nan"),
-                ci_low=float(lo), ci_high=float(hi), sampled=(x == sampled), forced=(x in node.candidates),
-                in_support=(x in renorm),
-            ))
-        ideal = info["ideal"]
-        ideal_norm = float(np.linalg.norm(ideal))
-        diagnostics = None
-        advantage = None
-        if logq_row is not None:
-            diagnostics = G.batched_diagnostics(logp_row[None, :], logq_row[None, :])[0]
-            if len(support) >= 2:
-                advantage = G.teacher_advantage(p_tilde, q_tilde, info["v"])
-        base_skip = node.skip_reason or teacher_skip
-        if base_skip is None and len(support) < 2:
-            base_skip = SkipReason.TOO_FEW_CANDIDATES
-        if base_skip is None and (ideal_norm == 0.0 or ideal_norm < acfg.min_ideal_norm):  # 0: every child alike, no signal
-            base_skip = SkipReason.IDEAL_NORM_BELOW_THRESHOLD
-        out = []
-        for method in methods:
-            distill = np.zeros(len(support))
-            cosine = None
-            skip = base_skip
-            if logq_row is not None and len(support) >= 2 and teacher_skip is None:
-                j = support.index(sampled) if sampled in support else None
-                adv = float(teacher.sampled[t] - student.sampled[t])
-                rtg = None
-                if method == "minillm":
-                    ratios = (teacher.sampled - student.sampled).numpy().astype(np.float64)
-                    rtg = float(G.minillm_returns(ratios, acfg.minillm_gamma, acfg.minillm_length_norm, acfg.minillm_single_step)[t])
-                if method in ("single_sample", "minillm") and j is None:
-                    skip = skip or SkipReason.TOO_FEW_CANDIDATES
-                else:
-                    distill = G.direction(method, p_tilde, q_tilde, sampled_index=j, advantage=adv, return_to_go=rtg,
-                                          jsd_beta=acfg.jsd_beta, single_step=acfg.minillm_single_step)
-                if skip is None:
-                    cosine = G.cosine(ideal, distill)
-                    if cosine is None:
-                        skip = SkipReason.ZERO_DISTILL_NORM
-            out.append(AlignmentRecord(
-                question_id=tree.question.id, tree_id=tree.tree_id, rollout_index=node.rollout_index,
-                rollout_correct=rollout.correct, depth=t, path_length=T, normalized_depth=t / T if T else 0.0,
-                teacher=name, method=method, candidates=candidates, ideal=[float(x) for x in ideal],
-                distill=[float(x) for x in distill], cosine=cosine if skip is None else None, skip_reason=skip,
-                ideal_norm=ideal_norm, distill_norm=float(np.linalg.norm(distill)),
-                teacher_advantage=None if advantage is None else float(advantage), diagnostics=diagnostics,
-                sampled_token_id=int(sampled),
-                prefix_token_ids=list(rollout.tokens[:t]) if acfg.include_prefix_ids else None,
-            ))
-        return out
+        scorer = TreeScorer(self.student, self.teachers, acfg, self._passes_screen, cancel)
+        return scorer.records(tree, list(teachers), methods)
 
 
 def check_budget(rollouts: RolloutConfig, sampling: SamplingConfig, max_tokens: int) -> None:

@@ -4,6 +4,12 @@ A record describes one (analysis node, teacher, method) triple: where the node i
 S(u) with p, q and the Monte Carlo success estimates, the ideal and distillation vectors over S(u),
 their cosine (or why the node was skipped), the teacher advantage and the distribution diagnostics.
 
+A node is a distinct prefix, analysed once (docs/method.md, "Distinct nodes"): its record lists every
+base rollout through it (``rollout_indices``) and how many of them are correct; ``rollout_correct``
+is True or False when they all agree and None when the node lies on correct and incorrect rollouts.
+A self-distillation teacher's demonstration never comes from a rollout through the node; the record
+names where it came from (``demo_source``: "dataset" or "rollout:<i>").
+
 Plain data only: no tensors, no protobuf. ``to_dict``/``from_dict`` round-trip exactly through JSON.
 """
 
@@ -15,7 +21,7 @@ from typing import Any
 
 __all__ = ["Candidate", "Diagnostics", "AlignmentRecord", "SkipReason", "RECORD_SCHEMA_VERSION"]
 
-RECORD_SCHEMA_VERSION = 1
+RECORD_SCHEMA_VERSION = 2
 
 
 class SkipReason:
@@ -24,7 +30,7 @@ class SkipReason:
     TOO_FEW_CANDIDATES = "too_few_candidates"  # |S(u)| < 2
     IDEAL_NORM_BELOW_THRESHOLD = "ideal_norm_below_threshold"  # ||g*|| = 0 or < min_ideal_norm
     ZERO_DISTILL_NORM = "zero_distillation_norm"  # the teacher's update vanishes on S(u)
-    NO_CONTEXT = "teacher_context_unavailable"  # e.g. correct_demo with no correct solution
+    NO_CONTEXT = "teacher_context_unavailable"  # no demonstration outside the node's rollouts, nor in the data set
     SCREENED_OUT = "context_failed_screening"  # the teacher fails the question with its context
     BUDGET_EXHAUSTED = "budget_exhausted"  # the continuation budget ran out before this node
 
@@ -44,7 +50,7 @@ class Candidate:
     estimate: float  # v_j = successes / visits (nan when visits == 0)
     ci_low: float
     ci_high: float
-    sampled: bool  # the token the base rollout sampled at u
+    sampled: bool  # some base rollout through u sampled this token
     forced: bool  # continuations were forced through this token
     in_support: bool  # member of S(u) (visits >= min_child_samples)
 
@@ -68,11 +74,11 @@ class AlignmentRecord:
 
     question_id: str
     tree_id: str
-    rollout_index: int
-    rollout_correct: bool
+    rollout_index: int  # the lowest-index base rollout through the node (its representative)
+    rollout_correct: bool | None  # every rollout through the node correct (True), incorrect (False), or mixed (None)
     depth: int  # t: tokens of the completion before node u
-    path_length: int  # T: length of the base rollout's completion
-    normalized_depth: float  # t / T
+    path_length: int  # T: completion length of the representative rollout
+    normalized_depth: float  # mean of t / T_r over the rollouts r through the node
     teacher: str
     method: str
     candidates: list[Candidate]
@@ -84,14 +90,28 @@ class AlignmentRecord:
     distill_norm: float
     teacher_advantage: float | None  # sum_j (q~_j - p~_j) v_j
     diagnostics: Diagnostics | None
-    sampled_token_id: int
+    sampled_token_id: int  # the token the representative rollout sampled at u
     prefix_token_ids: list[int] | None = None  # completion tokens before u, on request
+    rollout_indices: list[int] = field(default_factory=list)  # every base rollout through u (empty: [rollout_index])
+    rollouts_correct: int | None = None  # how many of them are verified correct
+    demo_source: str | None = None  # the demonstration in the teacher's context: "dataset", "rollout:<i>" or None
+    wrong_source: str | None = None  # the wrong demonstration (correct_and_wrong), same form
     schema_version: int = RECORD_SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def skipped(self) -> bool:
         return self.cosine is None
+
+    @property
+    def outcome(self) -> str:
+        """"correct", "incorrect" or "mixed": which rollout outcomes the node lies on."""
+        return {True: "correct", False: "incorrect"}.get(self.rollout_correct, "mixed")
+
+    @property
+    def rollouts(self) -> list[int]:
+        """The base rollouts through the node (records of older schemas list only the representative)."""
+        return list(self.rollout_indices) or [self.rollout_index]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from typing import Callable
+from typing import AbstractSet, Callable
 
 from .config import PromptConfig, TeacherSpec
 from .data import Question
@@ -62,20 +62,35 @@ def check_tokenizer_compatibility(student_tok, teacher_tok, teacher_name: str) -
 
 @dataclass(frozen=True)
 class TeacherContext:
-    """The context text for one rollout, or why there is none."""
+    """The context text for a set of scored rollouts, where its demonstrations came from, or why there is none.
+
+    ``demo_source`` and ``wrong_source`` are "dataset" or "rollout:<i>" (None when the context uses none).
+    """
 
     text: str | None
     skip_reason: str | None = None
+    demo_source: str | None = None
+    wrong_source: str | None = None
+
+    @property
+    def key(self) -> tuple[str | None, str | None, str | None]:
+        """What decides the text: equal keys give equal prompts (for grouping teacher passes)."""
+        return (self.skip_reason, self.demo_source, self.wrong_source)
 
 
 class Teacher:
-    """One configured teacher: its backend, and how it builds its prompt for a rollout."""
+    """One configured teacher: its backend, and how it builds its prompt for the rollouts it scores.
 
-    def __init__(self, spec: TeacherSpec, backend, prompt: PromptConfig, summarize: Callable[[str, str], str] | None = None):
+    Leave-one-out (docs/method.md): a demonstration is never one of the ``excluded`` rollouts, the
+    base rollouts through the node being scored. When no other demonstration exists (and the data
+    set has no verified solution), there is no context: ``teacher_context_unavailable``.
+    """
+
+    def __init__(self, spec: TeacherSpec, backend, prompt: PromptConfig, summarize: Callable[..., str] | None = None):
         self.spec = spec
         self.backend = backend
         self.prompt = prompt
-        self._summarize = summarize  # (question_id, solution) -> summary, for the 'summary' context
+        self._summarize = summarize  # (question_id, solution, cancel) -> summary, for the 'summary' context
 
     @property
     def name(self) -> str:
@@ -86,54 +101,57 @@ class Teacher:
         return self.spec.kind == "self"
 
     # ------------------------------------------------------------------ contexts
-    def _demo(self, question: Question, tree: RolloutTree, rollout_index: int) -> str | None:
-        if self.spec.prefer_dataset_solution and _verified_solution(question):
-            return question.solution
-        # A verified-correct student rollout; another one than the scored rollout when possible.
-        correct = [r for r in tree.rollouts if r.correct]
-        others = [r for r in correct if r.index != rollout_index]
-        pick = (others or correct or [None])[0]
+    def _demo(self, tree: RolloutTree, excluded: AbstractSet[int]) -> tuple[str | None, str | None]:
+        """(solution text, its source): the dataset's verified solution or a correct rollout not excluded."""
+        question = tree.question
+        dataset = question.solution if _verified_solution(question) else None
+        if self.spec.prefer_dataset_solution and dataset:
+            return dataset, "dataset"
+        pick = next((r for r in tree.rollouts if r.correct and r.index not in excluded), None)
         if pick is not None:
-            return _strip_special(pick.text, self.backend.tokenizer)
-        return question.solution if _verified_solution(question) else None
+            return _strip_special(pick.text, self.backend.tokenizer), f"rollout:{pick.index}"
+        return (dataset, "dataset") if dataset else (None, None)
 
-    def _wrong(self, tree: RolloutTree, rollout_index: int) -> str | None:
-        wrong = [r for r in tree.rollouts if not r.correct]
-        others = [r for r in wrong if r.index != rollout_index]
-        pick = (others or wrong or [None])[0]
-        return _strip_special(pick.text, self.backend.tokenizer) if pick is not None else None
+    def _wrong(self, tree: RolloutTree, excluded: AbstractSet[int]) -> tuple[str | None, str | None]:
+        pick = next((r for r in tree.rollouts if not r.correct and r.index not in excluded), None)
+        if pick is None:
+            return None, None
+        return _strip_special(pick.text, self.backend.tokenizer), f"rollout:{pick.index}"
 
-    def context(self, tree: RolloutTree, rollout_index: int) -> TeacherContext:
-        """The context for scoring base rollout ``rollout_index`` of ``tree`` (None for external teachers)."""
+    def context(self, tree: RolloutTree, excluded: AbstractSet[int], cancel=None) -> TeacherContext:
+        """The context for scoring a node whose base rollouts are ``excluded`` (None text for external teachers)."""
         if not self.is_self:
             return TeacherContext(text=None)
         question = tree.question
         kind = self.spec.context
-        values: dict[str, str | None] = {"question": question.question, "answer": question.answer}
-        values["solution"] = self._demo(question, tree, rollout_index)
-        if kind in ("correct_and_wrong", "template"):
-            values["wrong"] = self._wrong(tree, rollout_index)
-        if kind == "summary":
-            supplied = question.extra.get(self.spec.summary_field) if question.extra else None
-            if supplied:
-                values["summary"] = str(supplied)
-            elif values["solution"] and self._summarize is not None:
-                values["summary"] = self._summarize(question.id, values["solution"])
-            else:
-                values["summary"] = None
         template = self.spec.template or DEFAULT_WORDING.get(kind, "")
         needed = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        values: dict[str, str | None] = {"question": question.question, "answer": question.answer}
+        demo_source = wrong_source = None
+        supplied = question.extra.get(self.spec.summary_field) if question.extra else None
+        if "summary" in needed and supplied:
+            values["summary"], demo_source = str(supplied), "dataset"
+        if "solution" in needed or ("summary" in needed and not supplied):
+            values["solution"], demo_source = self._demo(tree, excluded)
+        if "summary" in needed and not supplied and values.get("solution") and self._summarize is not None:
+            values["summary"] = self._summarize(question.id, values["solution"], cancel)
+        if "wrong" in needed:
+            values["wrong"], wrong_source = self._wrong(tree, excluded)
         missing = sorted(n for n in needed if not values.get(n))
         if missing:
             return TeacherContext(text=None, skip_reason=SkipReason.NO_CONTEXT)
-        return TeacherContext(text=template.format(**{k: v or "" for k, v in values.items()}))
+        text = template.format(**{k: v or "" for k, v in values.items()})
+        return TeacherContext(text=text, demo_source=demo_source, wrong_source=wrong_source)
 
-    def prompt_ids(self, tree: RolloutTree, rollout_index: int) -> tuple[list[int] | None, str | None]:
-        """Token ids before the student's completion, or (None, skip reason)."""
-        ctx = self.context(tree, rollout_index)
+    def prompt_ids(self, tree: RolloutTree, excluded: AbstractSet[int], cancel=None) -> tuple[list[int] | None, TeacherContext]:
+        """Token ids before the student's completion (None with the context's skip reason when there is none).
+
+        ``cancel`` reaches the summarizer, the one context that may have to generate text.
+        """
+        ctx = self.context(tree, excluded, cancel)
         if ctx.skip_reason:
-            return None, ctx.skip_reason
-        return render_prompt(self.backend.tokenizer, tree.question, self.prompt, context=ctx.text), None
+            return None, ctx
+        return render_prompt(self.backend.tokenizer, tree.question, self.prompt, context=ctx.text), ctx
 
 
 def _verified_solution(question: Question) -> bool:

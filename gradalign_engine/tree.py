@@ -29,6 +29,7 @@ class Rollout:
     text: str
     correct: bool
     extracted: str | None = None
+    reason: str | None = None  # why the verifier found no single answer (None when it found one)
 
 
 @dataclass
@@ -48,7 +49,12 @@ class Continuation:
 
 @dataclass
 class AnalysisNode:
-    """A chosen position along a base rollout, the candidates forced there, or why it was skipped."""
+    """A distinct prefix chosen for analysis, the candidates forced there, or why it was skipped.
+
+    The prefix is ``rollouts[rollout_index].tokens[:depth]``; ``rollout_index`` is the lowest-index
+    base rollout through it and ``rollouts`` lists every base rollout through it (a rollout passes
+    through a node when its completion starts with the prefix and goes on past it).
+    """
 
     rollout_index: int
     depth: int
@@ -56,6 +62,11 @@ class AnalysisNode:
     priority: float
     candidates: list[int]
     skip_reason: str | None = None
+    rollouts: list[int] = field(default_factory=list)  # empty in trees of older versions: [rollout_index]
+
+    def through(self) -> list[int]:
+        """The base rollouts through the node."""
+        return list(self.rollouts) or [self.rollout_index]
 
 
 @dataclass
@@ -71,6 +82,9 @@ class TreeSummary:
     tokens_generated: int
     seconds: float
     cache_hit: bool = False
+    screened_out: bool = False  # the screening pre-pass found the success rate outside its band: no nodes
+    screen_rollouts: int = 0  # rollouts of the screening pre-pass (0: screening off)
+    screen_successes: int = 0  # of those, verified correct
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,11 @@ class RolloutTree:
     nodes: list[AnalysisNode] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     summary: TreeSummary | None = None
+
+    def rollouts_through(self, prefix: Sequence[int]) -> list[int]:
+        """Indices of the base rollouts whose completion starts with ``prefix`` and goes on past it."""
+        prefix, depth = list(prefix), len(prefix)
+        return [r.index for r in self.rollouts if len(r.tokens) > depth and r.tokens[:depth] == prefix]
 
     def counter(self) -> PrefixCounter:
         """A fresh counter over base rollouts and continuations."""

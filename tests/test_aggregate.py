@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -24,7 +25,8 @@ def make_record(
     method: str = "reverse_kl",
     tree_id: str = "t0",
     rollout_index: int = 0,
-    correct: bool = True,
+    correct: bool | None = True,
+    rollouts: list[int] | None = None,
     depth: int = 0,
     path_length: int = 10,
     skip_reason: str | None = None,
@@ -51,38 +53,51 @@ def make_record(
         method=method, candidates=candidates, ideal=list(ideal), distill=list(distill), cosine=cosine,
         skip_reason=skip_reason, ideal_norm=ideal_norm, distill_norm=distill_norm,
         teacher_advantage=advantage, diagnostics=diagnostics, sampled_token_id=0,
+        rollout_indices=list(rollouts or []),
     )
 
 
 def synthetic_records(seed: int = 0) -> list[AlignmentRecord]:
     """Teacher 'good' roughly follows g*, 'bad' roughly opposes it; 'good' also has a jsd method.
 
-    3 trees x 4 rollouts x 5 nodes; every 7th node is skipped; incorrect rollouts get extra alignment.
+    3 trees x 4 rollouts x 5 nodes on one rollout each (depths 2-6); every 7th node is skipped;
+    incorrect rollouts get extra alignment. Distinct nodes shared by several rollouts come on top (from
+    a second random stream, so the per-rollout nodes are drawn as before): in each tree the root
+    (depth 0) lies on all 4 rollouts (mixed); in tree 0, depth 1 is one node on the two correct
+    rollouts (0, 2) and one on the two incorrect ones (1, 3).
     """
     rng = np.random.default_rng(seed)
     records = []
+
+    def add(tree: int, rollouts: list[int], outcome: bool | None, depth: int, skip_index: int, gen) -> None:
+        size = int(gen.integers(2, 5))
+        ideal = gen.normal(size=size)
+        ideal -= ideal.mean()
+        diag = Diagnostics(*gen.uniform(0.01, 2.0, size=7).tolist())
+        for teacher, method, sign in (("good", "reverse_kl", 1.0), ("bad", "reverse_kl", -1.0), ("good", "jsd", 0.5)):
+            boost = 0.8 if outcome is False else 0.4 if outcome is None else 0.0
+            distill = (sign + boost) * ideal + gen.normal(scale=0.7, size=size)
+            skip = None
+            if skip_index % 7 == 3:
+                skip = SkipReason.IDEAL_NORM_BELOW_THRESHOLD if depth % 2 else SkipReason.TOO_FEW_CANDIDATES
+            records.append(
+                make_record(
+                    teacher=teacher, method=method, ideal=ideal.tolist(), distill=distill.tolist(),
+                    tree_id=f"t{tree}", rollout_index=rollouts[0], correct=outcome, rollouts=rollouts, depth=depth,
+                    skip_reason=skip, advantage=float(gen.normal()) if depth != 6 else None,
+                    diagnostics=diag if depth != 3 else None,
+                )
+            )
+
     for tree in range(3):
         for rollout in range(4):
-            correct = rollout % 2 == 0
             for depth in range(5):
-                size = int(rng.integers(2, 5))
-                ideal = rng.normal(size=size)
-                ideal -= ideal.mean()
-                diag = Diagnostics(*rng.uniform(0.01, 2.0, size=7).tolist())
-                for teacher, method, sign in (("good", "reverse_kl", 1.0), ("bad", "reverse_kl", -1.0), ("good", "jsd", 0.5)):
-                    boost = 0.0 if correct else 0.8
-                    distill = (sign + boost) * ideal + rng.normal(scale=0.7, size=size)
-                    skip = None
-                    if (tree * 20 + rollout * 5 + depth) % 7 == 3:
-                        skip = SkipReason.IDEAL_NORM_BELOW_THRESHOLD if depth % 2 else SkipReason.TOO_FEW_CANDIDATES
-                    records.append(
-                        make_record(
-                            teacher=teacher, method=method, ideal=ideal.tolist(), distill=distill.tolist(),
-                            tree_id=f"t{tree}", rollout_index=rollout, correct=correct, depth=depth,
-                            skip_reason=skip, advantage=float(rng.normal()) if depth != 4 else None,
-                            diagnostics=diag if depth != 1 else None,
-                        )
-                    )
+                add(tree, [rollout], rollout % 2 == 0, depth + 2, tree * 20 + rollout * 5 + depth, rng)
+    shared_rng = np.random.default_rng(seed + 1000)
+    for tree in range(3):
+        add(tree, [0, 1, 2, 3], None, 0, 3 * (tree == 1), shared_rng)  # one mixed root skipped
+    add(0, [0, 2], True, 1, 0, shared_rng)
+    add(0, [1, 3], False, 1, 0, shared_rng)
     return records
 
 
@@ -90,7 +105,7 @@ def _selected(records: list[AlignmentRecord], teacher: str, method: str, split: 
     return [
         r for r in records
         if r.teacher == teacher and r.method == method
-        and (split == "all" or r.rollout_correct == (split == "correct"))
+        and (split == "all" or r.outcome == split)
     ]
 
 
@@ -110,11 +125,11 @@ def report(records: list[AlignmentRecord]) -> Report:
 def test_group_counts_and_order(report: Report) -> None:
     keys = [(g.teacher, g.method, g.split) for g in report.groups]
     assert keys == [
-        ("bad", "reverse_kl", "correct"), ("bad", "reverse_kl", "incorrect"), ("bad", "reverse_kl", "all"),
-        ("good", "reverse_kl", "correct"), ("good", "reverse_kl", "incorrect"), ("good", "reverse_kl", "all"),
-        ("good", "jsd", "correct"), ("good", "jsd", "incorrect"), ("good", "jsd", "all"),
+        ("bad", "reverse_kl", "correct"), ("bad", "reverse_kl", "incorrect"), ("bad", "reverse_kl", "mixed"), ("bad", "reverse_kl", "all"),
+        ("good", "reverse_kl", "correct"), ("good", "reverse_kl", "incorrect"), ("good", "reverse_kl", "mixed"), ("good", "reverse_kl", "all"),
+        ("good", "jsd", "correct"), ("good", "jsd", "incorrect"), ("good", "jsd", "mixed"), ("good", "jsd", "all"),
     ]
-    assert report.records == 3 * 4 * 5 * 3
+    assert report.records == (3 * 4 * 5 + 3 + 2) * 3
     assert (report.seed, report.bootstrap_unit, report.bootstrap_samples) == (3, "rollout", 300)
 
 
@@ -124,8 +139,9 @@ def test_group_statistics_match_hand_computation(records: list[AlignmentRecord],
         scored = [r for r in chosen if r.cosine is not None]
         skipped = [r for r in chosen if r.cosine is None]
         assert group.nodes == len(scored)
-        assert group.skipped == len(skipped) > 0
-        assert group.rollouts == len({(r.tree_id, r.rollout_index) for r in scored})
+        assert group.skipped == len(skipped)
+        assert group.split == "mixed" or group.skipped > 0
+        assert group.rollouts == len({(r.tree_id, i) for r in scored for i in r.rollouts})
         assert group.questions == len({r.tree_id for r in scored})
         cosines = [r.cosine for r in scored]
         assert group.mean_cosine == pytest.approx(sum(cosines) / len(cosines), rel=1e-12)
@@ -287,3 +303,48 @@ def test_empty_input_and_inconsistent_vectors() -> None:
         build_report([broken], ANALYSIS)
     with pytest.raises(ValueError):
         build_report([], ANALYSIS, confidence=1.5)
+
+
+def test_shared_nodes_join_their_rollouts_into_one_bootstrap_cluster() -> None:
+    """A rollout cluster is a connected group of rollouts: relabelling each group as one rollout
+    (components found by scipy, independently of the aggregator) must not change any interval;
+    treating each shared node as belonging to its first rollout only must."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(5)
+    shapes = [[0, 1], [1, 2], [3], [4, 5], [5], [6], [7, 8, 9], [10], [11], [2], [6], [8]]
+    records = [
+        make_record(teacher="t", ideal=[1.0, -1.0], distill=rng.normal(size=2).tolist(), rollout_index=rs[0], rollouts=rs, depth=k)
+        for k, rs in enumerate(shapes * 3)
+    ]
+    edges = [(rs[0], other) for rs in shapes for other in rs]
+    graph = coo_matrix(([1] * len(edges), ([a for a, _ in edges], [b for _, b in edges])), shape=(12, 12))
+    _, component = connected_components(graph, directed=False)
+    collapsed = [dataclasses.replace(r, rollout_indices=[int(component[r.rollouts[0]])]) for r in records]
+    first_only = [dataclasses.replace(r, rollout_indices=[r.rollouts[0]]) for r in records]
+    config = AnalysisConfig(bootstrap_samples=400, bootstrap_unit="rollout")
+
+    def interval(recs):
+        group = next(g for g in build_report(recs, config, seed=1).groups if g.split == "correct")
+        return group.mean_ci_low, group.mean_ci_high
+
+    assert interval(collapsed) == interval(records)
+    assert interval(first_only) != interval(records)
+    group = next(g for g in build_report(records, config).groups if g.split == "all")
+    assert group.rollouts == 12 and group.nodes == len(records)
+
+
+def test_mixed_nodes_enter_all_but_neither_side_of_the_comparison() -> None:
+    records = [
+        make_record(teacher="t", ideal=[1.0, -1.0], distill=[1.0, -0.5], correct=True, rollouts=[0]),
+        make_record(teacher="t", ideal=[1.0, -1.0], distill=[-1.0, 0.5], correct=False, rollouts=[1], rollout_index=1),
+        make_record(teacher="t", ideal=[1.0, -1.0], distill=[0.2, 1.0], correct=None, rollouts=[0, 1]),
+    ]
+    report = build_report(records, AnalysisConfig(bootstrap_samples=0))
+    by_split = {g.split: g for g in report.groups}
+    assert (by_split["correct"].nodes, by_split["incorrect"].nodes, by_split["mixed"].nodes, by_split["all"].nodes) == (1, 1, 1, 3)
+    assert by_split["all"].rollouts == 2
+    comparison = report.comparisons[0]
+    assert (comparison.nodes_incorrect, comparison.nodes_correct) == (1, 1)
+    assert comparison.diff == pytest.approx(records[1].cosine - records[0].cosine)

@@ -53,7 +53,8 @@ def _record_dict(**overrides) -> dict:
         ],
         "ideal": [0.1, -0.1], "distill": [0.2, -0.3], "cosine": 0.97, "skip_reason": None, "ideal_norm": 0.14,
         "distill_norm": 0.36, "teacher_advantage": None, "diagnostics": None, "sampled_token_id": 5,
-        "prefix_token_ids": None, "schema_version": 1, "extra": {"k": "v"},
+        "prefix_token_ids": None, "rollout_indices": [2, 4], "rollouts_correct": 0, "demo_source": "rollout:0",
+        "wrong_source": None, "schema_version": 2, "extra": {"k": "v"},
     }
     record.update(overrides)
     return record
@@ -69,6 +70,7 @@ def _same(a, b) -> bool:
         {},
         {"cosine": None, "skip_reason": "too_few_candidates"},
         {"prefix_token_ids": []},
+        {"rollout_correct": None, "rollouts_correct": 1, "demo_source": "dataset", "wrong_source": "rollout:4"},
         {"prefix_token_ids": [1, 2, 3], "teacher_advantage": -0.5},
         {"diagnostics": {"kl_pq": 0.1, "kl_qp": 0.2, "js": 0.03, "l2": 0.4, "cos_pq": 0.9, "student_entropy": 2.0, "teacher_entropy": 2.1}},
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,7 +24,10 @@ from gradalign_engine.records import AlignmentRecord, SkipReason
 from gradalign_engine.tree import Continuation, PrefixCounter, RolloutTree
 
 REPO = Path(__file__).resolve().parents[1]
-Q = Question(id="q1", question="what is 1 + 2 ?", answer="3", solution="1 + 2 = 3 . the answer is 3")
+# The tiny model writes random words: a completion succeeds when it holds the token "3" anywhere (about half
+# do), which gives every tree mixed outcomes. A numeric verifier reads random words as no answer at all.
+Q = Question(id="q1", question="what is 1 + 2 ?", answer="3", solution="1 + 2 = 3 . the answer is 3", verifier="regex",
+             extra={"verifier_options": {"pattern": r"\b3\b"}})
 
 
 def tiny_config(model_dir, **over) -> RunConfig:
@@ -194,13 +198,16 @@ def test_build_and_score_records_are_consistent(engine):
         support = [c for c in r.candidates if c.in_support]
         assert len(r.ideal) == len(support) == len(r.distill)
         assert all(c.visits >= 2 for c in support)
-        assert sum(c.sampled for c in r.candidates) == 1
+        # A distinct node: the sampled children are exactly the tokens its base rollouts took there.
+        assert {c.token_id for c in r.candidates if c.sampled} == {tree.rollouts[i].tokens[r.depth] for i in r.rollouts}
+        assert r.sampled_token_id == tree.rollouts[r.rollout_index].tokens[r.depth]
         if r.cosine is None:
             assert r.skip_reason in vars(SkipReason).values()
         else:
             assert -1 - 1e-9 <= r.cosine <= 1 + 1e-9 and r.skip_reason is None
             assert abs(sum(c.p_renorm for c in support) - 1) < 1e-9
-        assert AlignmentRecord.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+        # Round trip (compared as JSON: a teacher without a context at the node has q = NaN, and NaN != NaN).
+        assert json.dumps(AlignmentRecord.from_dict(json.loads(json.dumps(r.to_dict()))).to_dict()) == json.dumps(r.to_dict())
     # The tree round-trips through JSON and scores identically.
     again = RolloutTree.from_dict(json.loads(json.dumps(tree.to_dict())))
     assert [r.to_dict() for r in engine.score_tree(again, ["demo"], ["fkl"])] == [
@@ -351,3 +358,33 @@ def test_configuration_reference_is_current():
 def test_example_config_loads():
     cfg = load_run_config(REPO / "examples" / "smollm2.toml")
     assert {t.context for t in cfg.teachers} == {"correct_demo", "correct_and_wrong", "summary"}
+
+
+def test_a_reference_the_verifier_cannot_read_is_refused_before_any_sampling(engine):
+    from gradalign_engine.verifiers import VerifierError
+
+    before = engine.student.counters.snapshot()
+    for bad in (Question(id="n1", question="how many ?", answer="abc"),
+                Question(id="c1", question="pick one", answer="maybe", verifier="choice"),
+                Question(id="y1", question="is it ?", answer="maybe", verifier="yesno")):
+        with pytest.raises(VerifierError, match=repr(bad.answer)):
+            engine.build_tree(bad)
+    assert engine.student.counters.snapshot() == before  # not one token generated or forwarded
+
+
+def test_screening_keeps_only_questions_with_mixed_success(engine):
+    # The verifier never succeeds on this answer: every screening rollout fails, the question gets no nodes.
+    hopeless = Question(id="h", question="what is 1 + 2 ?", answer="123456")
+    rcfg = RolloutConfig(num_rollouts=6, screen_rollouts=4, continuations=2)
+    tree = engine.build_tree(hopeless, rollouts=rcfg)
+    s = tree.summary
+    assert s.screened_out and (s.screen_rollouts, s.screen_successes) == (4, 0)
+    assert len(tree.rollouts) == 4 and not tree.nodes and not tree.continuations
+    # A band that admits a zero success rate keeps it, and the screening rollouts are its first base rollouts.
+    kept = engine.build_tree(hopeless, rollouts=dataclasses.replace(rcfg, screen_min_success=0.0))
+    assert not kept.summary.screened_out and len(kept.rollouts) == 6 and kept.nodes
+    assert [r.tokens for r in kept.rollouts[:4]] == [r.tokens for r in tree.rollouts]
+    from gradalign_engine.aggregate import build_report
+
+    report = build_report([], engine.config.analysis, trees=[tree.summary, kept.summary])
+    assert [(q.question_id, q.rollouts, q.successes, q.success_rate) for q in report.screened_out] == [("h", 4, 0, 0.0)]

@@ -38,8 +38,12 @@ from gradalign_engine.config import (  # noqa: E402
 from gradalign_server import ServiceLimits, create_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-QUESTION = {"id": "q1", "question": "what is 1 + 2 ?", "answer": "3", "solution": "1 + 2 = 3 . the answer is 3"}
-QUESTION_2 = {"id": "q2", "question": "how many is 2 + 2 ?", "answer": "4", "solution": "2 + 2 = 4 . the answer is 4"}
+# The tiny model writes random words; a completion succeeds when it holds the answer's token anywhere, so
+# trees get mixed outcomes (a numeric verifier reads random words as no answer at all).
+QUESTION = {"id": "q1", "question": "what is 1 + 2 ?", "answer": "3", "solution": "1 + 2 = 3 . the answer is 3",
+            "verifier": "regex", "verifier_options": {"pattern": r"\b3\b"}}
+QUESTION_2 = {"id": "q2", "question": "how many is 2 + 2 ?", "answer": "4", "solution": "2 + 2 = 4 . the answer is 4",
+              "verifier": "regex", "verifier_options": {"pattern": r"\b4\b"}}
 TEACHERS = ("demo", "cw")
 # Large enough to run for many seconds on the tiny model, for the cancellation tests.
 BIG = {"num_rollouts": 16, "max_new_tokens": 200, "nodes_per_path": 8, "continuations": 8}
@@ -176,7 +180,7 @@ def test_score_teacher_report_and_cache(served):
     report = client.score_teacher(trees, methods=["fkl", "reverse_kl"])
     assert not report.cache_hit and report.records > 0 and report.bootstrap_samples == 50
     assert {(g.teacher, g.method, g.split) for g in report.groups} == {
-        (t, m, s) for t in TEACHERS for m in ("forward_kl", "reverse_kl") for s in ("correct", "incorrect", "all")
+        (t, m, s) for t in TEACHERS for m in ("forward_kl", "reverse_kl") for s in ("correct", "incorrect", "mixed", "all")
     }
     assert [(e.method, e.rank) for e in report.ranking] == [("forward_kl", 1), ("forward_kl", 2), ("reverse_kl", 1), ("reverse_kl", 2)]
     assert {c.diagnostic for c in report.correlations} >= {"kl_pq", "js", "normalized_depth"}
@@ -222,8 +226,10 @@ def test_stream_alignments_filters(served):
     assert all(r.cosine is not None for r in scored) and len(scored) == sum(r.cosine is not None for r in everything)
     correct = list(client.stream_alignments(tree_id, split="correct", include_skipped=True))
     incorrect = list(client.stream_alignments(tree_id, split="incorrect", include_skipped=True))
-    assert all(r.rollout_correct for r in correct) and not any(r.rollout_correct for r in incorrect)
-    assert len(correct) + len(incorrect) == len(everything)
+    mixed = list(client.stream_alignments(tree_id, split="mixed", include_skipped=True))
+    assert all(r.rollout_correct is True for r in correct) and all(r.rollout_correct is False for r in incorrect)
+    assert mixed and all(r.rollout_correct is None and 0 < r.rollouts_correct < len(r.rollouts) for r in mixed)
+    assert len(correct) + len(incorrect) + len(mixed) == len(everything)
     shallow = list(client.stream_alignments(tree_id, include_skipped=True, min_depth=1, max_depth=2, teachers=["demo"], methods=["rkl"]))
     assert all(1 <= r.depth <= 2 and r.teacher == "demo" and r.method == "reverse_kl" for r in shallow)
     with_prefix = list(client.stream_alignments(tree_id, include_skipped=True, include_prefix_ids=True))

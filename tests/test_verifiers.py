@@ -60,12 +60,13 @@ def isolated_registry(monkeypatch):
         ("**Answer:** 12", "12"),
         ("The final answer is 5", "5"),
         ("#### 18", "18"),  # GSM8K's original marker
-        ("He has 3 apples, then 5, then 9", "9"),  # last number fallback
+        ("So he has 9 apples left.", "9"),  # a concluding statement (no answer phrase)
         ("The answer is $1,000.", "1000"),
         ("It costs $1,234,567.50 in total", "1234567.50"),
         ("The answer is -5.", "-5"),
         ("The temperature fell to -12 degrees", "-12"),
-        ("16-3-4=9", "9"),
+        ("16-3-4=9", None),  # a bare calculation is working, not a stated answer (CONVENTION.md N3)
+        ("So 16-3-4 = 9 eggs are left.", "9"),
         ("the answer is \u22123", "-3"),  # unicode minus
         ("The answer is -$5", "-5"),
         ("The answer is 9.80.", "9.80"),
@@ -73,12 +74,13 @@ def isolated_registry(monkeypatch):
         ("The answer is 3/4.", "3/4"),
         ("It was 25%", "25"),
         ("\\boxed{18}", "18"),
-        ("I think 7. \\boxed{18} but the answer is 20", "18"),  # \boxed beats answer phrases
+        ("I think 7. \\boxed{18} but the answer is 20", None),  # two different answers: none (G2)
         ("\\boxed{\\frac{3}{4}}", "3/4"),
         ("\\boxed{-\\dfrac{1}{2}}", "-1/2"),
         ("\\boxed{1{,}000}", "1000"),
         ("\\boxed{x} so the answer is 4", "4"),  # a boxed without a number is skipped
-        ("\\boxed{1} then \\boxed{2}", "2"),  # the last boxed wins
+        ("\\boxed{1} then \\boxed{2}", None),  # two different answers: none (G2)
+        ("\\boxed{2} so the answer is 2.", "2"),  # the same answer twice is one answer
         ("The answer is 3. Wait, no. The answer is 5.", "5"),  # last phrase wins
         ("The answer is 5. I checked 2 + 2 = 4 twice.", "5"),  # phrase beats a later number
         ("The answer is unclear, let me count: 6", "6"),  # phrase without a number falls through
@@ -244,12 +246,13 @@ def test_choice_bad_reference_names_answer():
         ("NO, it is not.", "no"),
         ("True", "yes"),
         ("false", "no"),
-        ("Yes, because... so the answer is no.", "no"),  # the answer phrase wins
+        ("Yes, because... so the answer is no.", None),  # yes, then no, without a correction: none (G2)
+        ("Yes. Actually, the answer is no.", "no"),  # an explicit correction wins
         ("The answer is: **Yes**", "yes"),
         ("Answer: false", "no"),
         ("The answer is yes. Later I say no.", "yes"),
         ("The answer is no. Actually the answer is yes.", "yes"),  # last phrase
-        ("Well, yes and no", "yes"),  # first word without a phrase
+        ("Well, yes and no", None),  # alternatives are several answers (G2)
         ("Nobody knows; notably not", None),  # no whole word
         ("", None),
     ],

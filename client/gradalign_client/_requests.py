@@ -34,7 +34,8 @@ __all__ = [
     "read_record",
 ]
 
-_SPLITS = {None: pb.SPLIT_UNSPECIFIED, "all": pb.SPLIT_UNSPECIFIED, "correct": pb.SPLIT_CORRECT, "incorrect": pb.SPLIT_INCORRECT}
+_SPLITS = {None: pb.SPLIT_UNSPECIFIED, "all": pb.SPLIT_UNSPECIFIED, "correct": pb.SPLIT_CORRECT, "incorrect": pb.SPLIT_INCORRECT,
+           "mixed": pb.SPLIT_MIXED}
 
 
 def _invalid(field: str, value: Any, reason: str) -> GradalignError:
@@ -153,7 +154,7 @@ def stream_alignments_request(
     analysis: AnalysisSettings | Mapping[str, Any] | None = None,
 ) -> pb.StreamAlignmentsRequest:
     if split not in _SPLITS:
-        raise _invalid("split", split, "must be 'correct', 'incorrect', 'all' or None")
+        raise _invalid("split", split, "must be 'correct', 'incorrect', 'mixed', 'all' or None")
     req = pb.StreamAlignmentsRequest(
         tree_ids=_tree_ids(tree_ids),
         teachers=_names("teachers", teachers),

@@ -28,6 +28,7 @@ __all__ = [
     "Correlation",
     "RankEntry",
     "QuestionStats",
+    "ScreenedQuestion",
     "Report",
     "read_questions",
 ]
@@ -121,6 +122,9 @@ class RolloutSettings:
     top_p: float | None = None
     top_k: int | None = None
     max_new_tokens: int | None = None
+    screen_rollouts: int | None = None
+    screen_min_success: float | None = None
+    screen_max_success: float | None = None
 
 
 @dataclass
@@ -165,6 +169,9 @@ class TreeSummary:
     tokens_generated: int = 0
     seconds: float = 0.0
     cache_hit: bool = False
+    screened_out: bool = False
+    screen_rollouts: int = 0
+    screen_successes: int = 0
 
 
 @dataclass
@@ -216,7 +223,7 @@ class AlignmentRecord:
     question_id: str
     tree_id: str
     rollout_index: int
-    rollout_correct: bool
+    rollout_correct: bool | None
     depth: int
     path_length: int
     normalized_depth: float
@@ -233,12 +240,26 @@ class AlignmentRecord:
     diagnostics: Diagnostics | None
     sampled_token_id: int
     prefix_token_ids: list[int] | None = None
-    schema_version: int = 1
+    rollout_indices: list[int] = field(default_factory=list)
+    rollouts_correct: int | None = None
+    demo_source: str | None = None
+    wrong_source: str | None = None
+    schema_version: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def skipped(self) -> bool:
         return self.cosine is None
+
+    @property
+    def outcome(self) -> str:
+        """"correct", "incorrect" or "mixed": which rollout outcomes the node lies on."""
+        return {True: "correct", False: "incorrect"}.get(self.rollout_correct, "mixed")
+
+    @property
+    def rollouts(self) -> list[int]:
+        """The base rollouts through the node."""
+        return list(self.rollout_indices) or [self.rollout_index]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the same keys as the engine's ``AlignmentRecord.to_dict``."""
@@ -257,7 +278,7 @@ class GroupStats:
 
     teacher: str
     method: str
-    split: str  # "correct", "incorrect" or "all"
+    split: str  # "correct", "incorrect", "mixed" or "all"
     nodes: int
     skipped: int
     rollouts: int
@@ -328,6 +349,17 @@ class QuestionStats:
 
 
 @dataclass
+class ScreenedQuestion:
+    """A question the screening pre-pass left out, with its success rate."""
+
+    tree_id: str
+    question_id: str
+    rollouts: int
+    successes: int
+    success_rate: float
+
+
+@dataclass
 class Report:
     """The aggregate report (mirrors ``gradalign_engine.aggregate.Report``).
 
@@ -345,6 +377,7 @@ class Report:
     correlations: list[Correlation] = field(default_factory=list)
     ranking: list[RankEntry] = field(default_factory=list)
     per_question: list[QuestionStats] = field(default_factory=list)
+    screened_out: list[ScreenedQuestion] = field(default_factory=list)
     cache_hit: bool = False
     receipt: dict[str, Any] = field(default_factory=dict)
 

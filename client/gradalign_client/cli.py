@@ -5,6 +5,7 @@
     gradalign models --server HOST:PORT                                          list the loaded models
     gradalign serve --config CONFIG.toml [...]                                   run a server   (extra: server)
     gradalign analyze ...                                                        in-process run (extra: engine)
+    gradalign study [--config STUDY.toml]                                        the paper's study (extra: engine)
     gradalign demo [...]                                                         end-to-end demo on this CPU (extra: server)
 
 Only the light client is imported here; ``serve``, ``analyze`` and ``demo`` import the engine lazily
@@ -32,6 +33,7 @@ _DELEGATED = {
     # command: (module, function, extra, what it needs)
     "serve": ("gradalign_server", "main", "server", "the gRPC server"),
     "analyze": ("gradalign_engine.cli", "analyze_main", "engine", "the in-process engine"),
+    "study": ("gradalign_engine.cli", "study_main", "engine", "the paper's study on a real model"),
     "demo": ("gradalign_server.demo", "main", "server", "the demo (it runs a server in-process)"),
 }
 
@@ -179,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Also: 'gradalign serve --config C.toml' (server), 'gradalign analyze ...' (in-process), "
         "'gradalign demo' (end-to-end demo on this machine); each takes --help.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{vet,health,models,serve,analyze,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{vet,health,models,serve,analyze,study,demo}")
 
     def connection(p: argparse.ArgumentParser, timeout: float | None) -> None:
         p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of a gradalign server")

@@ -49,7 +49,7 @@ _ROLLOUT_FIELDS = {f.name for f in dataclasses.fields(RolloutConfig)}
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingConfig)}
 # Analysis settings the records depend on (the bootstrap ones only change the report).
 _RECORD_ANALYSIS_FIELDS = ("jsd_beta", "minillm_gamma", "minillm_length_norm", "minillm_single_step", "teacher_temperature", "min_ideal_norm")
-_SPLIT_FILTER = {pb.SPLIT_CORRECT: True, pb.SPLIT_INCORRECT: False}
+_SPLIT_FILTER = {pb.SPLIT_CORRECT: True, pb.SPLIT_INCORRECT: False, pb.SPLIT_MIXED: None}
 _DEADLINE_MARGIN_S = 0.5  # a call ending this close to its deadline ended because of it
 
 
@@ -399,7 +399,8 @@ class GradAlignServicer(pb_grpc.GradAlignServicer):
             for tree_id in tree_ids:
                 call.cancel.raise_if_cancelled()
                 dicts.extend(self._records(tree_id, teachers, analysis.methods, analysis, call))
-            report = build_report([AlignmentRecord.from_dict(d) for d in dicts], analysis, seed, confidence)
+            summaries = [{**self.store.get_tree_summary(t), "tree_id": t} for t in tree_ids]
+            report = build_report([AlignmentRecord.from_dict(d) for d in dicts], analysis, seed, confidence, trees=summaries)
             self.store.put_report(report_key, report_request, report.to_dict())
         call.fields.update(records=report.records, cache_hit=cache_hit)
         response = pb.ScoreTeacherResponse(cache_hit=cache_hit)
@@ -414,6 +415,7 @@ class GradAlignServicer(pb_grpc.GradAlignServicer):
         tree_ids = self._tree_ids(request.tree_ids)
         teachers = self._teachers(request.teachers)
         analysis = self._analysis(request)
+        split_filter = request.split in _SPLIT_FILTER
         want_correct = _SPLIT_FILTER.get(request.split)
         min_depth = request.min_depth if request.HasField("min_depth") else None
         max_depth = request.max_depth if request.HasField("max_depth") else None
@@ -427,7 +429,7 @@ class GradAlignServicer(pb_grpc.GradAlignServicer):
         for tree_id in tree_ids:  # tree by tree, so the first records flow before the last tree is scored
             records = self._records(tree_id, teachers, analysis.methods, analysis, call)
             for record in records:
-                if want_correct is not None and record["rollout_correct"] != want_correct:
+                if split_filter and record["rollout_correct"] != want_correct:
                     continue
                 if record["cosine"] is None and not request.include_skipped:
                     continue

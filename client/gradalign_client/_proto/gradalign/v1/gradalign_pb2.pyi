@@ -13,9 +13,11 @@ class Split(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPLIT_UNSPECIFIED: _ClassVar[Split]
     SPLIT_CORRECT: _ClassVar[Split]
     SPLIT_INCORRECT: _ClassVar[Split]
+    SPLIT_MIXED: _ClassVar[Split]
 SPLIT_UNSPECIFIED: Split
 SPLIT_CORRECT: Split
 SPLIT_INCORRECT: Split
+SPLIT_MIXED: Split
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -70,7 +72,7 @@ class Question(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., answer: _Optional[str] = ..., verifier: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ..., solution: _Optional[str] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class RolloutSettings(_message.Message):
-    __slots__ = ("num_rollouts", "nodes_per_window", "nodes_per_path", "priority", "candidate_top_k", "min_token_prob", "continuations", "min_child_samples", "max_continuations", "adaptive_continuations", "adaptive_batch", "interval", "confidence", "temperature", "top_p", "top_k", "max_new_tokens")
+    __slots__ = ("num_rollouts", "nodes_per_window", "nodes_per_path", "priority", "candidate_top_k", "min_token_prob", "continuations", "min_child_samples", "max_continuations", "adaptive_continuations", "adaptive_batch", "interval", "confidence", "temperature", "top_p", "top_k", "max_new_tokens", "screen_rollouts", "screen_min_success", "screen_max_success")
     NUM_ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
     NODES_PER_WINDOW_FIELD_NUMBER: _ClassVar[int]
     NODES_PER_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +90,9 @@ class RolloutSettings(_message.Message):
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCREEN_ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    SCREEN_MIN_SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    SCREEN_MAX_SUCCESS_FIELD_NUMBER: _ClassVar[int]
     num_rollouts: int
     nodes_per_window: int
     nodes_per_path: int
@@ -105,7 +110,10 @@ class RolloutSettings(_message.Message):
     top_p: float
     top_k: int
     max_new_tokens: int
-    def __init__(self, num_rollouts: _Optional[int] = ..., nodes_per_window: _Optional[int] = ..., nodes_per_path: _Optional[int] = ..., priority: _Optional[str] = ..., candidate_top_k: _Optional[int] = ..., min_token_prob: _Optional[float] = ..., continuations: _Optional[int] = ..., min_child_samples: _Optional[int] = ..., max_continuations: _Optional[int] = ..., adaptive_continuations: _Optional[int] = ..., adaptive_batch: _Optional[int] = ..., interval: _Optional[str] = ..., confidence: _Optional[float] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
+    screen_rollouts: int
+    screen_min_success: float
+    screen_max_success: float
+    def __init__(self, num_rollouts: _Optional[int] = ..., nodes_per_window: _Optional[int] = ..., nodes_per_path: _Optional[int] = ..., priority: _Optional[str] = ..., candidate_top_k: _Optional[int] = ..., min_token_prob: _Optional[float] = ..., continuations: _Optional[int] = ..., min_child_samples: _Optional[int] = ..., max_continuations: _Optional[int] = ..., adaptive_continuations: _Optional[int] = ..., adaptive_batch: _Optional[int] = ..., interval: _Optional[str] = ..., confidence: _Optional[float] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., screen_rollouts: _Optional[int] = ..., screen_min_success: _Optional[float] = ..., screen_max_success: _Optional[float] = ...) -> None: ...
 
 class BuildTreeRequest(_message.Message):
     __slots__ = ("question", "settings", "seed", "target_teachers")
@@ -120,7 +128,7 @@ class BuildTreeRequest(_message.Message):
     def __init__(self, question: _Optional[_Union[Question, _Mapping]] = ..., settings: _Optional[_Union[RolloutSettings, _Mapping]] = ..., seed: _Optional[int] = ..., target_teachers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TreeSummary(_message.Message):
-    __slots__ = ("rollouts", "correct", "accuracy", "nodes_analysed", "nodes_skipped", "continuations", "tokens_generated", "seconds", "cache_hit")
+    __slots__ = ("rollouts", "correct", "accuracy", "nodes_analysed", "nodes_skipped", "continuations", "tokens_generated", "seconds", "cache_hit", "screened_out", "screen_rollouts", "screen_successes")
     ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +138,9 @@ class TreeSummary(_message.Message):
     TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    SCREENED_OUT_FIELD_NUMBER: _ClassVar[int]
+    SCREEN_ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    SCREEN_SUCCESSES_FIELD_NUMBER: _ClassVar[int]
     rollouts: int
     correct: int
     accuracy: float
@@ -139,7 +150,10 @@ class TreeSummary(_message.Message):
     tokens_generated: int
     seconds: float
     cache_hit: bool
-    def __init__(self, rollouts: _Optional[int] = ..., correct: _Optional[int] = ..., accuracy: _Optional[float] = ..., nodes_analysed: _Optional[int] = ..., nodes_skipped: _Optional[int] = ..., continuations: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., seconds: _Optional[float] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+    screened_out: bool
+    screen_rollouts: int
+    screen_successes: int
+    def __init__(self, rollouts: _Optional[int] = ..., correct: _Optional[int] = ..., accuracy: _Optional[float] = ..., nodes_analysed: _Optional[int] = ..., nodes_skipped: _Optional[int] = ..., continuations: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., seconds: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., screened_out: _Optional[bool] = ..., screen_rollouts: _Optional[int] = ..., screen_successes: _Optional[int] = ...) -> None: ...
 
 class BuildTreeResponse(_message.Message):
     __slots__ = ("tree_id", "question_id", "summary")
@@ -306,8 +320,22 @@ class QuestionStats(_message.Message):
     nodes: int
     def __init__(self, tree_id: _Optional[str] = ..., question_id: _Optional[str] = ..., teacher: _Optional[str] = ..., method: _Optional[str] = ..., mean_cosine: _Optional[float] = ..., nodes: _Optional[int] = ...) -> None: ...
 
+class ScreenedQuestion(_message.Message):
+    __slots__ = ("tree_id", "question_id", "rollouts", "successes", "success_rate")
+    TREE_ID_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    tree_id: str
+    question_id: str
+    rollouts: int
+    successes: int
+    success_rate: float
+    def __init__(self, tree_id: _Optional[str] = ..., question_id: _Optional[str] = ..., rollouts: _Optional[int] = ..., successes: _Optional[int] = ..., success_rate: _Optional[float] = ...) -> None: ...
+
 class Report(_message.Message):
-    __slots__ = ("records", "seed", "bootstrap_unit", "bootstrap_samples", "confidence", "groups", "comparisons", "correlations", "ranking", "per_question")
+    __slots__ = ("records", "seed", "bootstrap_unit", "bootstrap_samples", "confidence", "groups", "comparisons", "correlations", "ranking", "per_question", "screened_out")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_UNIT_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +346,7 @@ class Report(_message.Message):
     CORRELATIONS_FIELD_NUMBER: _ClassVar[int]
     RANKING_FIELD_NUMBER: _ClassVar[int]
     PER_QUESTION_FIELD_NUMBER: _ClassVar[int]
+    SCREENED_OUT_FIELD_NUMBER: _ClassVar[int]
     records: int
     seed: int
     bootstrap_unit: str
@@ -328,7 +357,8 @@ class Report(_message.Message):
     correlations: _containers.RepeatedCompositeFieldContainer[Correlation]
     ranking: _containers.RepeatedCompositeFieldContainer[RankEntry]
     per_question: _containers.RepeatedCompositeFieldContainer[QuestionStats]
-    def __init__(self, records: _Optional[int] = ..., seed: _Optional[int] = ..., bootstrap_unit: _Optional[str] = ..., bootstrap_samples: _Optional[int] = ..., confidence: _Optional[float] = ..., groups: _Optional[_Iterable[_Union[GroupStats, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[SplitComparison, _Mapping]]] = ..., correlations: _Optional[_Iterable[_Union[Correlation, _Mapping]]] = ..., ranking: _Optional[_Iterable[_Union[RankEntry, _Mapping]]] = ..., per_question: _Optional[_Iterable[_Union[QuestionStats, _Mapping]]] = ...) -> None: ...
+    screened_out: _containers.RepeatedCompositeFieldContainer[ScreenedQuestion]
+    def __init__(self, records: _Optional[int] = ..., seed: _Optional[int] = ..., bootstrap_unit: _Optional[str] = ..., bootstrap_samples: _Optional[int] = ..., confidence: _Optional[float] = ..., groups: _Optional[_Iterable[_Union[GroupStats, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[SplitComparison, _Mapping]]] = ..., correlations: _Optional[_Iterable[_Union[Correlation, _Mapping]]] = ..., ranking: _Optional[_Iterable[_Union[RankEntry, _Mapping]]] = ..., per_question: _Optional[_Iterable[_Union[QuestionStats, _Mapping]]] = ..., screened_out: _Optional[_Iterable[_Union[ScreenedQuestion, _Mapping]]] = ...) -> None: ...
 
 class ScoreTeacherResponse(_message.Message):
     __slots__ = ("report", "cache_hit", "receipt")
@@ -413,7 +443,7 @@ class Diagnostics(_message.Message):
     def __init__(self, kl_pq: _Optional[float] = ..., kl_qp: _Optional[float] = ..., js: _Optional[float] = ..., l2: _Optional[float] = ..., cos_pq: _Optional[float] = ..., student_entropy: _Optional[float] = ..., teacher_entropy: _Optional[float] = ...) -> None: ...
 
 class AlignmentRecord(_message.Message):
-    __slots__ = ("question_id", "tree_id", "rollout_index", "rollout_correct", "depth", "path_length", "normalized_depth", "teacher", "method", "candidates", "ideal", "distill", "cosine", "skip_reason", "ideal_norm", "distill_norm", "teacher_advantage", "diagnostics", "sampled_token_id", "prefix_token_ids", "schema_version", "extra", "has_prefix_token_ids")
+    __slots__ = ("question_id", "tree_id", "rollout_index", "rollout_correct", "depth", "path_length", "normalized_depth", "teacher", "method", "candidates", "ideal", "distill", "cosine", "skip_reason", "ideal_norm", "distill_norm", "teacher_advantage", "diagnostics", "sampled_token_id", "prefix_token_ids", "schema_version", "extra", "has_prefix_token_ids", "rollout_indices", "rollouts_correct", "demo_source", "wrong_source")
     QUESTION_ID_FIELD_NUMBER: _ClassVar[int]
     TREE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -437,6 +467,10 @@ class AlignmentRecord(_message.Message):
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     HAS_PREFIX_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_INDICES_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    DEMO_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    WRONG_SOURCE_FIELD_NUMBER: _ClassVar[int]
     question_id: str
     tree_id: str
     rollout_index: int
@@ -460,7 +494,11 @@ class AlignmentRecord(_message.Message):
     schema_version: int
     extra: _struct_pb2.Struct
     has_prefix_token_ids: bool
-    def __init__(self, question_id: _Optional[str] = ..., tree_id: _Optional[str] = ..., rollout_index: _Optional[int] = ..., rollout_correct: _Optional[bool] = ..., depth: _Optional[int] = ..., path_length: _Optional[int] = ..., normalized_depth: _Optional[float] = ..., teacher: _Optional[str] = ..., method: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., ideal: _Optional[_Iterable[float]] = ..., distill: _Optional[_Iterable[float]] = ..., cosine: _Optional[float] = ..., skip_reason: _Optional[str] = ..., ideal_norm: _Optional[float] = ..., distill_norm: _Optional[float] = ..., teacher_advantage: _Optional[float] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., sampled_token_id: _Optional[int] = ..., prefix_token_ids: _Optional[_Iterable[int]] = ..., schema_version: _Optional[int] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., has_prefix_token_ids: _Optional[bool] = ...) -> None: ...
+    rollout_indices: _containers.RepeatedScalarFieldContainer[int]
+    rollouts_correct: int
+    demo_source: str
+    wrong_source: str
+    def __init__(self, question_id: _Optional[str] = ..., tree_id: _Optional[str] = ..., rollout_index: _Optional[int] = ..., rollout_correct: _Optional[bool] = ..., depth: _Optional[int] = ..., path_length: _Optional[int] = ..., normalized_depth: _Optional[float] = ..., teacher: _Optional[str] = ..., method: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., ideal: _Optional[_Iterable[float]] = ..., distill: _Optional[_Iterable[float]] = ..., cosine: _Optional[float] = ..., skip_reason: _Optional[str] = ..., ideal_norm: _Optional[float] = ..., distill_norm: _Optional[float] = ..., teacher_advantage: _Optional[float] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., sampled_token_id: _Optional[int] = ..., prefix_token_ids: _Optional[_Iterable[int]] = ..., schema_version: _Optional[int] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., has_prefix_token_ids: _Optional[bool] = ..., rollout_indices: _Optional[_Iterable[int]] = ..., rollouts_correct: _Optional[int] = ..., demo_source: _Optional[str] = ..., wrong_source: _Optional[str] = ...) -> None: ...
 
 class StreamAlignmentsResponse(_message.Message):
     __slots__ = ("record",)
