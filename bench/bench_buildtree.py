@@ -10,7 +10,8 @@ Reports, as JSON (bench/results/buildtree.json):
   (distinct prefixes of prompt + completions, the prompt counted once), after removing the teacher
   passes (teacher prompt + rollout per teacher per rollout), which are reported separately.
 
-Usage: .venv/bin/python bench/bench_buildtree.py [--questions 2] [--rollouts 8] [--max-new-tokens 64] [--tiny]
+Usage: .venv/bin/python bench/bench_buildtree.py [--questions 2] [--rollouts 8] [--max-new-tokens 64] [--tiny DIR]
+       .venv/bin/python bench/bench_buildtree.py --smoke   # tiny random model, seconds (CI)
 """
 
 from __future__ import annotations
@@ -20,24 +21,26 @@ import json
 import platform
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from _common import parse_args, result_path, tiny_model_dir, write_result
 
-import torch  # noqa: E402
+from gradalign_engine.config import ModelSpec, PromptConfig, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec
+from gradalign_engine.data import bundled_dataset_path, load_questions
+from gradalign_engine.pipeline import Engine
+from gradalign_engine.prompts import render_prompt
 
-from gradalign_engine.config import ModelSpec, PromptConfig, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec  # noqa: E402
-from gradalign_engine.data import bundled_dataset_path, load_questions  # noqa: E402
-from gradalign_engine.pipeline import Engine  # noqa: E402
-from gradalign_engine.prompts import render_prompt  # noqa: E402
+NAME = "buildtree"
+SMOKE = {"questions": 1, "rollouts": 4, "max_new_tokens": 12, "continuations": 2, "nodes_per_path": 2}
 
 
 def unique_tokens(tree) -> int:
     """Distinct prefixes of prompt + completion over every sequence of the tree (prompt once)."""
     root: dict = {}
     count = 0
-    seqs = [r.tokens for r in tree.rollouts] + [c.full_tokens(tree.rollouts[c.rollout_index]) for c in tree.continuations]
+    seqs = [r.tokens for r in tree.rollouts] + [
+        c.full_tokens(tree.rollouts[c.rollout_index]) for c in tree.continuations
+    ]
     for seq in seqs:
         node = root
         for t in seq:
@@ -49,17 +52,25 @@ def unique_tokens(tree) -> int:
 
 
 def raw_generate_tps(backend, prompt: list[int], rows: int, max_new: int, temperature: float, repeats: int = 2) -> dict:
-    model, tok = backend.model, backend.tokenizer
+    model = backend.model
     ids = torch.tensor([prompt] * rows, device=backend.device)
     gen_tokens, seconds = 0, 0.0
     for rep in range(repeats):
         torch.manual_seed(rep)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
-                                 top_k=0, top_p=1.0, max_new_tokens=max_new, pad_token_id=backend.pad_id)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new,
+                pad_token_id=backend.pad_id,
+            )
         seconds += time.perf_counter() - t0
-        new = out[:, ids.shape[1]:]
+        new = out[:, ids.shape[1] :]
         eos = list(backend.eos_token_ids)
         for row in new.tolist():
             n = len(row)
@@ -71,7 +82,53 @@ def raw_generate_tps(backend, prompt: list[int], rows: int, max_new: int, temper
     return {"generated_tokens": gen_tokens, "seconds": round(seconds, 3), "tokens_per_second": gen_tokens / seconds}
 
 
-def main() -> int:
+def build_config(args: argparse.Namespace, model: str) -> RunConfig:
+    return RunConfig(
+        student=ModelSpec(model=model, dtype=args.dtype, device="cpu"),
+        teachers=(TeacherSpec(name="correct_demo", context="correct_demo"),),
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
+        rollouts=RolloutConfig(
+            num_rollouts=args.rollouts,
+            nodes_per_window=1,
+            nodes_per_path=args.nodes_per_path,
+            candidate_top_k=3,
+            continuations=args.continuations,
+        ),
+        prompt=PromptConfig(),
+    )
+
+
+def measure_tree(engine: Engine, question) -> tuple[dict, float]:
+    """One timed `Engine.build_tree`: its record (forwarded positions, student / teacher; unique tokens) and seconds."""
+    backend = engine.student
+    before = backend.counters.snapshot()
+    t0 = time.perf_counter()
+    tree = engine.build_tree(question)
+    seconds = time.perf_counter() - t0
+    after = backend.counters.snapshot()
+    teacher = engine.teachers["correct_demo"]
+    teacher_tokens = 0
+    for r in tree.rollouts:
+        ids, _ = teacher.prompt_ids(tree, {r.index})
+        if ids is not None and r.tokens:
+            teacher_tokens += len(ids) + len(r.tokens)
+    forwarded = after["forwarded_tokens"] - before["forwarded_tokens"]
+    record = {
+        "question": question.id,
+        "seconds": round(seconds, 3),
+        "generated_tokens": after["generated_tokens"] - before["generated_tokens"],
+        "student_forwarded": forwarded - teacher_tokens,
+        "teacher_forwarded": teacher_tokens,
+        "unique_tokens": unique_tokens(tree),
+        "rollouts": len(tree.rollouts),
+        "continuations": len(tree.continuations),
+        "nodes": len(tree.nodes),
+        "correct": tree.summary.correct,
+    }
+    return record, seconds
+
+
+def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=2)
     ap.add_argument("--rollouts", type=int, default=8)
@@ -80,70 +137,65 @@ def main() -> int:
     ap.add_argument("--nodes-per-path", type=int, default=4)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--tiny", default=None, help="a tiny model directory instead of SmolLM2 (smoke runs)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "buildtree.json"))
-    args = ap.parse_args()
+    ap.add_argument("--out", default=None, help="result file (default bench/results/buildtree.json)")
+    args = parse_args(ap, SMOKE, argv)
+    args.out = args.out or str(result_path(NAME, args.smoke))
+    if args.smoke and not args.tiny:
+        args.tiny = str(tiny_model_dir())
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse(argv)
     model = args.tiny or "smollm2-135m"
-    config = RunConfig(
-        student=ModelSpec(model=model, dtype=args.dtype, device="cpu"),
-        teachers=(TeacherSpec(name="correct_demo", context="correct_demo"),),
-        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
-        rollouts=RolloutConfig(num_rollouts=args.rollouts, nodes_per_window=1, nodes_per_path=args.nodes_per_path,
-                               candidate_top_k=3, continuations=args.continuations),
-        prompt=PromptConfig(),
-    )
+    config = build_config(args, model)
     engine = Engine(config)
     backend = engine.student
     questions = load_questions(bundled_dataset_path("demo"), limit=args.questions)
     prompt0 = render_prompt(backend.tokenizer, questions[0], config.prompt)
 
     raw_before = raw_generate_tps(backend, prompt0, args.rollouts, args.max_new_tokens, config.sampling.temperature)
-    trees = []
-    built = {"generated_tokens": 0, "seconds": 0.0, "student_forwarded": 0, "teacher_forwarded": 0, "unique_tokens": 0}
+    trees, built_seconds = [], 0.0
     for q in questions:
-        before = backend.counters.snapshot()
-        t0 = time.perf_counter()
-        tree = engine.build_tree(q)
-        seconds = time.perf_counter() - t0
-        after = backend.counters.snapshot()
-        teacher = engine.teachers["correct_demo"]
-        teacher_tokens = 0
-        for r in tree.rollouts:
-            ids, _ = teacher.prompt_ids(tree, r.index)
-            if ids is not None and r.tokens:
-                teacher_tokens += len(ids) + len(r.tokens)
-        forwarded = after["forwarded_tokens"] - before["forwarded_tokens"]
-        gen = after["generated_tokens"] - before["generated_tokens"]
-        uniq = unique_tokens(tree)
-        trees.append({"question": q.id, "seconds": round(seconds, 3), "generated_tokens": gen, "student_forwarded": forwarded - teacher_tokens,
-                      "teacher_forwarded": teacher_tokens, "unique_tokens": uniq, "rollouts": len(tree.rollouts),
-                      "continuations": len(tree.continuations), "nodes": len(tree.nodes), "correct": tree.summary.correct})
-        built["generated_tokens"] += gen
-        built["seconds"] += seconds
-        built["student_forwarded"] += forwarded - teacher_tokens
-        built["teacher_forwarded"] += teacher_tokens
-        built["unique_tokens"] += uniq
+        record, seconds = measure_tree(engine, q)
+        trees.append(record)
+        built_seconds += seconds
         backend.clear_prefix_cache()
     raw_after = raw_generate_tps(backend, prompt0, args.rollouts, args.max_new_tokens, config.sampling.temperature)
+    engine.close()
 
-    raw_tps = (raw_before["generated_tokens"] + raw_after["generated_tokens"]) / (raw_before["seconds"] + raw_after["seconds"])
-    tree_tps = built["generated_tokens"] / built["seconds"]
+    keys = ("generated_tokens", "student_forwarded", "teacher_forwarded", "unique_tokens")
+    built = {k: sum(t[k] for t in trees) for k in keys}
+    raw_tps = (raw_before["generated_tokens"] + raw_after["generated_tokens"]) / (
+        raw_before["seconds"] + raw_after["seconds"]
+    )
+    tree_tps = built["generated_tokens"] / built_seconds
     result = {
         "benchmark": "buildtree_vs_raw_generate",
-        "model": model, "dtype": args.dtype, "device": "cpu", "torch_threads": torch.get_num_threads(),
-        "machine": platform.platform(), "settings": vars(args),
+        "model": model,
+        "dtype": args.dtype,
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.platform(),
+        "settings": {k: v for k, v in vars(args).items() if k != "smoke"},
         "raw_generate": {"before": raw_before, "after": raw_after, "tokens_per_second": raw_tps},
-        "buildtree": {**built, "seconds": round(built["seconds"], 3), "tokens_per_second": tree_tps},
+        "buildtree": {
+            "generated_tokens": built["generated_tokens"],
+            "seconds": round(built_seconds, 3),
+            **{k: built[k] for k in keys[1:]},
+            "tokens_per_second": tree_tps,
+        },
         "throughput_ratio": tree_tps / raw_tps,
         "forwarded_over_unique": built["student_forwarded"] / built["unique_tokens"],
         "trees": trees,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(NAME, result, args.smoke, args.out)
     print(json.dumps({k: result[k] for k in ("throughput_ratio", "forwarded_over_unique")}, indent=2))
-    print(f"raw generate {raw_tps:.1f} tok/s | BuildTree {tree_tps:.1f} tok/s | student forwarded {built['student_forwarded']} "
-          f"vs unique {built['unique_tokens']} | teacher forwarded {built['teacher_forwarded']}")
-    engine.close()
+    print(
+        f"raw generate {raw_tps:.1f} tok/s | BuildTree {tree_tps:.1f} tok/s | student forwarded "
+        f"{built['student_forwarded']} vs unique {built['unique_tokens']} | "
+        f"teacher forwarded {built['teacher_forwarded']}"
+    )
     return 0
 
 

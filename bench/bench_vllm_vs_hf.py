@@ -11,6 +11,9 @@ Run it in the vLLM virtual environment (``bash scripts/setup_vllm_venv.sh`` firs
 
     .venv-vllm/bin/python bench/bench_vllm_vs_hf.py            # SmolLM2-135M, a few minutes on 2 idle cores
     .venv-vllm/bin/python bench/bench_vllm_vs_hf.py --tiny     # the tiny random test model, ~1 minute
+    .venv-vllm/bin/python bench/bench_vllm_vs_hf.py --smoke    # tiny model, 1 pair, a small tree (CI)
+
+Without vllm installed, ``--smoke`` prints that it skips and exits 0 (bench/run_smoke.sh runs in the main venv).
 
 The two sides sample with different random streams (vLLM's sampler is not the HF loop), so their
 trees differ in content and length; tokens/s is the comparable figure. ``--repeats`` pairs run with
@@ -22,20 +25,33 @@ the load average, and ``--threads 1`` makes both sides less sensitive to it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "bench" / "results" / "vllm_vs_hf.json"
+from _common import ROOT, parse_args, tiny_model_dir, write_result
+
+NAME = "vllm_vs_hf"
+SMOKE = {"tiny": True, "repeats": 1, "rollouts": 4, "continuations": 2, "max_continuations": 8, "max_new_tokens": 12}
+# The options a side's process gets from the parent, as (flag, attribute).
+SIDE_OPTIONS = (
+    ("--questions", "questions"),
+    ("--rollouts", "rollouts"),
+    ("--continuations", "continuations"),
+    ("--max-continuations", "max_continuations"),
+    ("--max-new-tokens", "max_new_tokens"),
+    ("--kv-gib", "kv_gib"),
+    ("--dtype", "dtype"),
+    ("--seed", "seed"),
+)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="model name or directory (default smollm2-135m)")
     p.add_argument("--tiny", action="store_true", help="use the tiny random test model instead")
@@ -48,38 +64,47 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kv-gib", type=float, default=1.0, help="vLLM KV cache in GiB (default 1)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3, help="hf/vllm pairs, run alternately; the median ratio is reported (default 3)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="hf/vllm pairs, run alternately; the median ratio is reported (default 3)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="result file (default bench/results/vllm_vs_hf.json)")
     p.add_argument("--side", choices=("hf", "vllm"), help=argparse.SUPPRESS)  # internal: run one side
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    return parse_args(p, SMOKE, argv)
 
 
-def run_side(args: argparse.Namespace) -> dict:
-    """Build the trees with one backend in this process; return its measurements."""
-    if args.side == "vllm":
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    import torch
-
-    from gradalign_engine.backends import BranchRequest, load_backend
+# ---------------------------------------------------------------------------------------- one side (child process)
+def side_config(args: argparse.Namespace):
+    """The student's ModelSpec and the run's RunConfig of one side."""
     from gradalign_engine.config import ModelSpec, RolloutConfig, RunConfig, SamplingConfig
-    from gradalign_engine.data import bundled_dataset_path, load_questions
-    from gradalign_engine.pipeline import Engine
 
-    spec = ModelSpec(model=args.model_dir, backend=args.side, device="cpu", dtype=args.dtype,
-                     vllm_kv_cache_bytes=int(args.kv_gib * 1024**3))
+    spec = ModelSpec(
+        model=args.model_dir,
+        backend=args.side,
+        device="cpu",
+        dtype=args.dtype,
+        vllm_kv_cache_bytes=int(args.kv_gib * 1024**3),
+    )
     config = RunConfig(
         student=spec,
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
-        rollouts=RolloutConfig(num_rollouts=args.rollouts, continuations=args.continuations,
-                               nodes_per_window=1, nodes_per_path=6, max_continuations=args.max_continuations),
+        rollouts=RolloutConfig(
+            num_rollouts=args.rollouts,
+            continuations=args.continuations,
+            nodes_per_window=1,
+            nodes_per_path=6,
+            max_continuations=args.max_continuations,
+        ),
         seed=args.seed,
     )
-    started = time.perf_counter()
-    backend = load_backend(spec)
-    load_s = time.perf_counter() - started
+    return spec, config
 
-    # Time the sampling calls themselves (the engine also scores and verifies in between).
+
+def time_generate(backend) -> tuple[dict, object]:
+    """Make ``backend.generate`` add up its seconds and calls; return that tally and the untimed original."""
     timing = {"generate_s": 0.0, "generate_calls": 0}
     inner = backend.generate
 
@@ -92,6 +117,45 @@ def run_side(args: argparse.Namespace) -> dict:
             timing["generate_calls"] += 1
 
     backend.generate = timed_generate  # type: ignore[method-assign]
+    return timing, inner
+
+
+def build_trees(engine, questions) -> tuple[list[dict], float]:
+    """Each question's tree summary, and the seconds of all the ``build_tree`` calls."""
+    trees = []
+    t0 = time.perf_counter()
+    for q in questions:
+        tree = engine.build_tree(q)
+        trees.append(
+            {
+                "question": q.id,
+                "rollouts": tree.summary.rollouts,
+                "correct": tree.summary.correct,
+                "nodes": tree.summary.nodes_analysed,
+                "continuations": tree.summary.continuations,
+                "tokens_generated": tree.summary.tokens_generated,
+                "seconds": tree.summary.seconds,
+            }
+        )
+    return trees, time.perf_counter() - t0
+
+
+def run_side(args: argparse.Namespace) -> dict:
+    """Build the trees with one backend in this process; return its measurements."""
+    if args.side == "vllm":
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+
+    from gradalign_engine.backends import BranchRequest, load_backend
+    from gradalign_engine.data import bundled_dataset_path, load_questions
+    from gradalign_engine.pipeline import Engine
+
+    spec, config = side_config(args)
+    started = time.perf_counter()
+    backend = load_backend(spec)
+    load_s = time.perf_counter() - started
+    # Time the sampling calls themselves (the engine also scores and verifies in between).
+    timing, inner = time_generate(backend)
     engine = Engine(config, backends={"student": backend})
     try:
         # Warm-up (first-call allocations, vLLM's first schedule): not measured.
@@ -100,15 +164,7 @@ def run_side(args: argparse.Namespace) -> dict:
         inner([BranchRequest(prefix=warm, n=2, max_new_tokens=4, seed=1)], temperature=1.0)
         backend.score([list(warm)], [list(warm)])
         generated_before = backend.counters.snapshot()["generated_tokens"]
-        questions = load_questions(bundled_dataset_path("demo"), limit=args.questions)
-        trees = []
-        t0 = time.perf_counter()
-        for q in questions:
-            tree = engine.build_tree(q)
-            trees.append({"question": q.id, "rollouts": tree.summary.rollouts, "correct": tree.summary.correct,
-                          "nodes": tree.summary.nodes_analysed, "continuations": tree.summary.continuations,
-                          "tokens_generated": tree.summary.tokens_generated, "seconds": tree.summary.seconds})
-        tree_s = time.perf_counter() - t0
+        trees, tree_s = build_trees(engine, load_questions(bundled_dataset_path("demo"), limit=args.questions))
         generated = backend.counters.snapshot()["generated_tokens"] - generated_before
     finally:
         engine.close()
@@ -126,85 +182,134 @@ def run_side(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.side:
-        print(json.dumps(run_side(args)))
-        return 0
+# ---------------------------------------------------------------------------------------- the parent
+def resolve_model(args: argparse.Namespace) -> tuple[str, str]:
+    """The model directory both sides load, and its name."""
+    if args.tiny:
+        return str(tiny_model_dir()), "tiny-random-llama"
+    from gradalign_engine.models import resolve_model as resolve
 
-    with tempfile.TemporaryDirectory(prefix="gradalign-bench-") as tmp:
-        if args.tiny:
-            sys.path.insert(0, str(REPO / "tests"))
-            from conftest import make_tiny_model_dir
+    resolved = resolve(args.model)  # converts a built-in once, before either side runs
+    return str(resolved.path), resolved.name
 
-            model_dir, model_name = str(make_tiny_model_dir(Path(tmp) / "tiny")), "tiny-random-llama"
-        else:
-            from gradalign_engine.models import resolve_model
 
-            resolved = resolve_model(args.model)  # converts a built-in once, before either side runs
-            model_dir, model_name = str(resolved.path), resolved.name
-        runs: list[dict] = []
-        for repeat in range(args.repeats):
-            # Alternate the sides so that drifting background load falls on both.
-            order = ("hf", "vllm") if repeat % 2 == 0 else ("vllm", "hf")
-            sides = {}
-            for side in order:
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--model-dir", model_dir,
-                       "--questions", str(args.questions), "--rollouts", str(args.rollouts),
-                       "--continuations", str(args.continuations), "--max-continuations", str(args.max_continuations),
-                       "--max-new-tokens", str(args.max_new_tokens), "--kv-gib", str(args.kv_gib),
-                       "--dtype", args.dtype, "--seed", str(args.seed)]
-                print(f"[bench] repeat {repeat + 1}/{args.repeats}, {side}: building {args.questions} tree(s) with {model_name} ...",
-                      file=sys.stderr, flush=True)
-                env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-                if args.threads:
-                    env["OMP_NUM_THREADS"] = str(args.threads)
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-                if proc.returncode != 0:
-                    sys.stderr.write(proc.stderr[-6000:])
-                    print(f"[bench] {side} failed (exit {proc.returncode})", file=sys.stderr)
-                    return 1
-                sides[side] = json.loads(proc.stdout.strip().splitlines()[-1])
-                st = sides[side]
-                print(f"[bench] {side}: {st['generated_tokens']} tokens, {st['generate_tokens_per_s']} tok/s in generate, "
-                      f"trees {st['tree_s']} s", file=sys.stderr, flush=True)
-            sides["load_average"] = [round(x, 2) for x in os.getloadavg()]
-            runs.append(sides)
+def spawn_side(args: argparse.Namespace, side: str, model_dir: str) -> dict | None:
+    """Run one side in a fresh process; its measurements, or None (its stderr shown) when it failed."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--model-dir", model_dir]
+    for flag, attr in SIDE_OPTIONS:
+        cmd += [flag, str(getattr(args, attr))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-6000:])
+        print(f"[bench] {side} failed (exit {proc.returncode})", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
+
+def run_pairs(args: argparse.Namespace, model_dir: str, model_name: str) -> list[dict] | None:
+    """``args.repeats`` hf/vllm pairs, the order alternating; None as soon as a side fails."""
+    runs: list[dict] = []
+    for repeat in range(args.repeats):
+        # Alternate the sides so that drifting background load falls on both.
+        order = ("hf", "vllm") if repeat % 2 == 0 else ("vllm", "hf")
+        sides = {}
+        for side in order:
+            print(
+                f"[bench] repeat {repeat + 1}/{args.repeats}, {side}: building {args.questions} tree(s) "
+                f"with {model_name} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            st = sides[side] = spawn_side(args, side, model_dir)
+            if st is None:
+                return None
+            print(
+                f"[bench] {side}: {st['generated_tokens']} tokens, {st['generate_tokens_per_s']} tok/s in "
+                f"generate, trees {st['tree_s']} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        sides["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        runs.append(sides)
+    return runs
+
+
+def ratio(run: dict, key: str) -> float | None:
+    hf_value, vllm_value = run["hf"][key], run["vllm"][key]
+    return round(vllm_value / hf_value, 3) if hf_value and vllm_value else None
+
+
+def median(values: list) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def summarize(args: argparse.Namespace, model_name: str, runs: list[dict]) -> dict:
     import torch
     import transformers
     import vllm
 
-    def ratio(run: dict, key: str) -> float | None:
-        hf_value, vllm_value = run["hf"][key], run["vllm"][key]
-        return round(vllm_value / hf_value, 3) if hf_value and vllm_value else None
-
-    def median(values: list) -> float | None:
-        values = sorted(v for v in values if v is not None)
-        return values[len(values) // 2] if values else None
-
     generate_ratios = [ratio(r, "generate_tokens_per_s") for r in runs]
     tree_ratios = [ratio(r, "tree_tokens_per_s") for r in runs]
-    result = {
+    return {
         "benchmark": "vllm_vs_hf",
         "model": model_name,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "workload": {"questions": args.questions, "num_rollouts": args.rollouts, "continuations": args.continuations,
-                     "max_continuations": args.max_continuations, "max_new_tokens": args.max_new_tokens,
-                     "dtype": args.dtype, "seed": args.seed, "threads": args.threads, "repeats": args.repeats},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "transformers": transformers.__version__, "vllm": vllm.__version__},
+        "workload": {
+            "questions": args.questions,
+            "num_rollouts": args.rollouts,
+            "continuations": args.continuations,
+            "max_continuations": args.max_continuations,
+            "max_new_tokens": args.max_new_tokens,
+            "dtype": args.dtype,
+            "seed": args.seed,
+            "threads": args.threads,
+            "repeats": args.repeats,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "vllm": vllm.__version__,
+        },
         "runs": runs,
         "ratios_generate_tokens_per_s": generate_ratios,
         "ratios_tree_tokens_per_s": tree_ratios,
         "ratio_generate_tokens_per_s": median(generate_ratios),
         "ratio_tree_tokens_per_s": median(tree_ratios),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("model", "ratios_generate_tokens_per_s", "ratio_generate_tokens_per_s",
-                                             "ratios_tree_tokens_per_s", "ratio_tree_tokens_per_s")}))
-    print(f"[bench] wrote {args.out}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.side:
+        print(json.dumps(run_side(args)))
+        return 0
+    if args.smoke and importlib.util.find_spec("vllm") is None:
+        print(
+            f"[bench] SKIP bench_vllm_vs_hf --smoke: vllm is not importable by {sys.executable} "
+            "(run it with .venv-vllm/bin/python; bash scripts/setup_vllm_venv.sh creates that venv)"
+        )
+        return 0
+    model_dir, model_name = resolve_model(args)
+    runs = run_pairs(args, model_dir, model_name)
+    if runs is None:
+        return 1
+    result = summarize(args, model_name, runs)
+    write_result(NAME, result, args.smoke, args.out)
+    headline = (
+        "model",
+        "ratios_generate_tokens_per_s",
+        "ratio_generate_tokens_per_s",
+        "ratios_tree_tokens_per_s",
+        "ratio_tree_tokens_per_s",
+    )
+    print(json.dumps({k: result[k] for k in headline}))
     return 0
 
 

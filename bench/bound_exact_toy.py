@@ -16,6 +16,7 @@ true value is bounded, so the true bound is if anything higher). Reported for ev
 without the nodes whose exact ||g*|| < 0.005.
 
 Usage: .venv/bin/python bench/bound_exact_toy.py [--seeds 24]   (about 3 minutes on 2 CPU cores)
+       .venv/bin/python bench/bound_exact_toy.py --smoke   # 1 seed, M = 4: seconds (CI)
 """
 
 from __future__ import annotations
@@ -28,17 +29,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import parse_args, write_result
+from exact_toy import MAX_NEW, QUESTION, ExactToy, make_toy_model_dir, scored_nodes, toy_config
 from scipy.optimize import minimize
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from gradalign_engine import allocation
+from gradalign_engine import gradients as G
+from gradalign_engine.pipeline import Engine
 
-from exact_toy import MAX_NEW, QUESTION, ExactToy, make_toy_model_dir, scored_nodes, toy_config  # noqa: E402
-
-from gradalign_engine import allocation  # noqa: E402
-from gradalign_engine import gradients as G  # noqa: E402
-from gradalign_engine.pipeline import Engine  # noqa: E402
-
+NAME = "exact_toy_bound"
+SMOKE = {"seeds": 1, "continuations": [4]}
 TINY_IDEAL_NORM = 0.005
 HALF_NORMAL_MEAN = float(np.sqrt(2 / np.pi))  # E|Z| for a standard normal Z
 
@@ -60,7 +60,9 @@ def tree_groups(engine: Engine, exact: ExactToy, tree, method: str = "reverse_kl
             if c.token_id not in group["v"] and not (c.token_id == exact.eos or rec.depth + 1 >= MAX_NEW):
                 group["paid"] += c.visits  # sampled continuations (a fixed outcome costs nothing)
             group["v"][c.token_id], group["visits"][c.token_id] = float(v_k), float(c.visits)
-        group["terms"].append({"w2": {c.token_id: float(x) for c, x in zip(support, w**2)}, "tiny": norm < TINY_IDEAL_NORM})
+        group["terms"].append(
+            {"w2": {c.token_id: float(x) for c, x in zip(support, w**2)}, "tiny": norm < TINY_IDEAL_NORM}
+        )
     return list(groups.values())
 
 
@@ -70,9 +72,13 @@ def uniform_and_optimal(groups: list[dict], skip_tiny: bool) -> tuple[float, flo
     # Variables: children with sampling variance (fixed outcomes cost nothing and need nothing).
     open_ = [(gi, k) for gi, g in enumerate(groups) for k, v in g["v"].items() if 0 < v < 1]
     where = {ik: j for j, ik in enumerate(open_)}
-    rows = [(np.array([where[(gi, k)] for k in w2 if (gi, k) in where], int),
-             np.array([w2[k] * groups[gi]["v"][k] * (1 - groups[gi]["v"][k]) for k in w2 if (gi, k) in where]))
-            for gi, w2 in terms]
+    rows = [
+        (
+            np.array([where[(gi, k)] for k in w2 if (gi, k) in where], int),
+            np.array([w2[k] * groups[gi]["v"][k] * (1 - groups[gi]["v"][k]) for k in w2 if (gi, k) in where]),
+        )
+        for gi, w2 in terms
+    ]
 
     def total(n: np.ndarray) -> float:
         return HALF_NORMAL_MEAN * sum(float(np.sqrt(np.sum(a / n[j]))) for j, a in rows)
@@ -83,17 +89,22 @@ def uniform_and_optimal(groups: list[dict], skip_tiny: bool) -> tuple[float, flo
     # Everything uniform paid for, including children whose success is certain (v = 0 or 1) but
     # only known to be so by sampling them: the clairvoyant allocator may move that spend elsewhere.
     budget = max(sum(g["paid"] for g in groups), n_uniform.sum())
-    res = minimize(lambda x: total(np.exp(x)), np.log(n_uniform), method="SLSQP",
-                   constraints=[{"type": "eq", "fun": lambda x: np.exp(x).sum() / budget - 1.0}], options={"maxiter": 500})
+    res = minimize(
+        lambda x: total(np.exp(x)),
+        np.log(n_uniform),
+        method="SLSQP",
+        constraints=[{"type": "eq", "fun": lambda x: np.exp(x).sum() / budget - 1.0}],
+        options={"maxiter": 500},
+    )
     return total(n_uniform), min(total(np.exp(res.x)), total(n_uniform)), len(terms)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=24)
     ap.add_argument("--continuations", type=int, nargs="+", default=[64, 256])
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "exact_toy_bound.json"))
-    args = ap.parse_args()
+    ap.add_argument("--out", default=None, help="result file (default bench/results/exact_toy_bound.json)")
+    args = parse_args(ap, SMOKE, argv)
     started = time.perf_counter()
     points = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,13 +115,24 @@ def main() -> int:
             trees = [tree_groups(engine, exact, engine.build_tree(QUESTION, seed=seed)) for seed in range(args.seeds)]
             for skip_tiny in (False, True):
                 uni, opt, count = map(np.sum, zip(*(uniform_and_optimal(g, skip_tiny) for g in trees)))
-                points.append({"continuations_per_candidate": m, "nodes": "without tiny g*" if skip_tiny else "all",
-                               "scored_nodes": int(count), "uniform_error_delta": float(uni / count), "optimal_error_delta": float(opt / count),
-                               "bound_ratio": float((opt / uni) ** 2)})
+                points.append(
+                    {
+                        "continuations_per_candidate": m,
+                        "nodes": "without tiny g*" if skip_tiny else "all",
+                        "scored_nodes": int(count),
+                        "uniform_error_delta": float(uni / count),
+                        "optimal_error_delta": float(opt / count),
+                        "bound_ratio": float((opt / uni) ** 2),
+                    }
+                )
                 print(points[-1], flush=True)
-    result = {"benchmark": "exact_toy_clairvoyant_bound", "seeds": args.seeds, "seconds": round(time.perf_counter() - started, 1), "points": points}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    result = {
+        "benchmark": "exact_toy_clairvoyant_bound",
+        "seeds": args.seeds,
+        "seconds": round(time.perf_counter() - started, 1),
+        "points": points,
+    }
+    write_result(NAME, result, args.smoke, args.out)
     print(json.dumps(result, indent=2))
     return 0
 

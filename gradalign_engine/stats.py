@@ -16,7 +16,7 @@ result; cluster labels are put in a canonical order first (numeric for integer a
 from __future__ import annotations
 
 import math
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats

@@ -20,13 +20,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .aggregate import Report, build_report
 from .backends import BranchRequest
 from .config import ConfigError, RunConfig, run_config_from_dict
+from .config_fields import setting
 from .data import Question, bundled_dataset_path, load_questions
 from .pipeline import Engine, derive_seed
 from .prompts import render_prompt
@@ -43,9 +45,9 @@ Say = Callable[[str], None]
 class TaskSpec:
     """One data set of the study."""
 
-    name: str = field(metadata={"help": "Name of the task in the tables."})
-    dataset: str = field(metadata={"help": "Bundled data set name (e.g. 'study_boolq') or a JSONL path."})
-    questions: int = field(default=20, metadata={"help": "Questions taken from the start of the data set."})
+    name: str = setting(help="Name of the task in the tables.", affects="study")
+    dataset: str = setting(help="Bundled data set name (e.g. 'study_boolq') or a JSONL path.", affects="study")
+    questions: int = setting(20, "Questions taken from the start of the data set.", affects="study")
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -66,9 +68,9 @@ class TaskSpec:
 class StudyConfig:
     """The [study] table: tasks and the in-context accuracy pass."""
 
-    tasks: tuple[TaskSpec, ...] = field(default=(), metadata={"help": "The data sets ([[study.tasks]] tables)."})
-    context_samples: int = field(default=4, metadata={"help": "(a): samples per question and context."})
-    headline_half_width: float = field(default=0.1, metadata={"help": "Target half-width of the incorrect - correct interval."})
+    tasks: tuple[TaskSpec, ...] = setting((), "The data sets ([[study.tasks]] tables).", affects="study")
+    context_samples: int = setting(4, "(a): samples per question and context.", affects="study")
+    headline_half_width: float = setting(0.1, "Target half-width of the incorrect - correct interval.", affects="study")
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -93,7 +95,9 @@ def load_study_config(path: str | Path) -> tuple[StudyConfig, RunConfig]:
     known = {f.name for f in dataclasses.fields(StudyConfig)} - {"tasks"}
     unknown = sorted(set(study) - known)
     if unknown:
-        raise ConfigError(f"study.{unknown[0]}", study[unknown[0]], f"unknown setting; known: {', '.join(sorted(known | {'tasks'}))}")
+        raise ConfigError(
+            f"study.{unknown[0]}", study[unknown[0]], f"unknown setting; known: {', '.join(sorted(known | {'tasks'}))}"
+        )
     return StudyConfig(tasks=tasks, **study), run_config_from_dict(data)
 
 
@@ -119,8 +123,15 @@ def in_context_counts(engine: Engine, tree, samples: int, seed: int) -> dict[str
     scfg = dataclasses.replace(engine.config.sampling, **tree.settings["sampling"])
     prompts = {k: p for k, p in _context_prompts(engine, tree).items() if p is not None}
     names = list(prompts)
-    requests = [BranchRequest(prefix=tuple(prompts[k]), n=samples, max_new_tokens=scfg.max_new_tokens,
-                              seed=derive_seed(seed, tree.tree_id, "in-context", k)) for k in names]
+    requests = [
+        BranchRequest(
+            prefix=tuple(prompts[k]),
+            n=samples,
+            max_new_tokens=scfg.max_new_tokens,
+            seed=derive_seed(seed, tree.tree_id, "in-context", k),
+        )
+        for k in names
+    ]
     outs = engine.student.generate(requests, temperature=scfg.temperature, top_p=scfg.top_p, top_k=scfg.top_k)
     counts = {}
     for name, completions in zip(names, outs):
@@ -137,8 +148,16 @@ def context_table(counts: Sequence[dict[str, tuple[int, int]]]) -> list[dict[str
         ok = sum(c[name][0] for c in counts if name in c)
         n = sum(c[name][1] for c in counts if name in c)
         low, high = wilson_interval(ok, n) if n else (math.nan, math.nan)
-        rows.append({"context": name, "questions": sum(name in c for c in counts), "samples": n,
-                     "accuracy": ok / n if n else math.nan, "ci_low": low, "ci_high": high})
+        rows.append(
+            {
+                "context": name,
+                "questions": sum(name in c for c in counts),
+                "samples": n,
+                "accuracy": ok / n if n else math.nan,
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
     return rows
 
 
@@ -170,15 +189,20 @@ def _run_task(engine: Engine, task: TaskSpec, study: StudyConfig, root: Path | N
         result.questions += 1
         if tree.summary.screened_out:
             result.screened_out += 1
-            say(f"[{task.name} {n}/{len(questions)}] {question.id}: screened out "
-                f"({tree.summary.screen_successes}/{tree.summary.screen_rollouts} correct)")
+            say(
+                f"[{task.name} {n}/{len(questions)}] {question.id}: screened out "
+                f"({tree.summary.screen_successes}/{tree.summary.screen_rollouts} correct)"
+            )
             continue
         result.records.extend(engine.score_tree(tree, teachers, methods))
         if study.context_samples:
             result.contexts.append(in_context_counts(engine, tree, study.context_samples, engine.config.seed))
         s = tree.summary
-        say(f"[{task.name} {n}/{len(questions)}] {question.id}: {s.correct}/{s.rollouts} correct, {s.nodes_analysed} nodes, "
-            f"{s.continuations} continuations, {s.seconds:.0f}s (elapsed {time.perf_counter() - started:.0f}s)")
+        say(
+            f"[{task.name} {n}/{len(questions)}] {question.id}: {s.correct}/{s.rollouts} correct, "
+            f"{s.nodes_analysed} nodes, "
+            f"{s.continuations} continuations, {s.seconds:.0f}s (elapsed {time.perf_counter() - started:.0f}s)"
+        )
     result.seconds = time.perf_counter() - started
     return result
 
@@ -187,8 +211,14 @@ def _report(engine: Engine, records: list[AlignmentRecord], trees: list[dict]) -
     return build_report(records, engine.config.analysis, seed=engine.config.seed, trees=trees)
 
 
-def run_study(study: StudyConfig, config: RunConfig, *, root: Path | None = None, say: Say = lambda s: None,
-              engine: Engine | None = None) -> dict[str, Any]:
+def run_study(
+    study: StudyConfig,
+    config: RunConfig,
+    *,
+    root: Path | None = None,
+    say: Say = lambda s: None,
+    engine: Engine | None = None,
+) -> dict[str, Any]:
     """Run every task and return the study's results as plain data (see the module docstring)."""
     started = time.perf_counter()
     engine = engine or Engine(config)
@@ -214,7 +244,10 @@ def run_study(study: StudyConfig, config: RunConfig, *, root: Path | None = None
 def _task_summary(engine: Engine, task: TaskResult) -> dict[str, Any]:
     kept = [t for t in task.trees if not t["screened_out"]]
     return {
-        "name": task.name, "questions": task.questions, "screened_out": task.screened_out, "kept": len(kept),
+        "name": task.name,
+        "questions": task.questions,
+        "screened_out": task.screened_out,
+        "kept": len(kept),
         "seconds": round(task.seconds, 1),
         "screen_rates": [t["screen_successes"] / t["screen_rollouts"] for t in task.trees if t["screen_rollouts"]],
         "base_accuracy": sum(t["correct"] for t in kept) / max(1, sum(t["rollouts"] for t in kept)),
@@ -228,8 +261,14 @@ def _task_summary(engine: Engine, task: TaskResult) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def survey(engine: Engine, datasets: Sequence[tuple[str, Path]], temperatures: Sequence[float], questions: int,
-           rollouts: int, say: Say = lambda s: None) -> list[dict[str, Any]]:
+def survey(
+    engine: Engine,
+    datasets: Sequence[tuple[str, Path]],
+    temperatures: Sequence[float],
+    questions: int,
+    rollouts: int,
+    say: Say = lambda s: None,
+) -> list[dict[str, Any]]:
     """Per (data set, temperature): mean success and the share of questions with mixed success."""
     rows = []
     scfg = engine.config.sampling
@@ -237,17 +276,36 @@ def survey(engine: Engine, datasets: Sequence[tuple[str, Path]], temperatures: S
         items = load_questions(path, limit=questions)
         for temperature in temperatures:
             started = time.perf_counter()
-            requests = [BranchRequest(prefix=tuple(render_prompt(engine.student.tokenizer, q, engine.config.prompt)), n=rollouts,
-                                      max_new_tokens=scfg.max_new_tokens, seed=derive_seed("survey", q.id, temperature))
-                        for q in items]
+            requests = [
+                BranchRequest(
+                    prefix=tuple(render_prompt(engine.student.tokenizer, q, engine.config.prompt)),
+                    n=rollouts,
+                    max_new_tokens=scfg.max_new_tokens,
+                    seed=derive_seed("survey", q.id, temperature),
+                )
+                for q in items
+            ]
             outs = engine.student.generate(requests, temperature=temperature, top_p=scfg.top_p, top_k=scfg.top_k)
-            rates = [sum(engine.verify(q, t, scfg.max_new_tokens).correct for t in out) / rollouts for q, out in zip(items, outs)]
+            rates = [
+                sum(engine.verify(q, t, scfg.max_new_tokens).correct for t in out) / rollouts
+                for q, out in zip(items, outs)
+            ]
             lengths = [len(t) for out in outs for t in out]
-            row = {"dataset": name, "temperature": temperature, "questions": len(items), "rollouts": rollouts,
-                   "mean_success": sum(rates) / len(rates), "mixed": sum(0 < r < 1 for r in rates) / len(rates),
-                   "never": sum(r == 0 for r in rates) / len(rates), "always": sum(r == 1 for r in rates) / len(rates),
-                   "mean_tokens": sum(lengths) / len(lengths), "seconds": round(time.perf_counter() - started, 1)}
-            say(f"{name} t={temperature}: success {row['mean_success']:.2f}, mixed {row['mixed']:.2f}, "
-                f"{row['mean_tokens']:.0f} tokens, {row['seconds']:.0f}s")
+            row = {
+                "dataset": name,
+                "temperature": temperature,
+                "questions": len(items),
+                "rollouts": rollouts,
+                "mean_success": sum(rates) / len(rates),
+                "mixed": sum(0 < r < 1 for r in rates) / len(rates),
+                "never": sum(r == 0 for r in rates) / len(rates),
+                "always": sum(r == 1 for r in rates) / len(rates),
+                "mean_tokens": sum(lengths) / len(lengths),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            say(
+                f"{name} t={temperature}: success {row['mean_success']:.2f}, mixed {row['mixed']:.2f}, "
+                f"{row['mean_tokens']:.0f} tokens, {row['seconds']:.0f}s"
+            )
             rows.append(row)
     return rows

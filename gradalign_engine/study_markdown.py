@@ -8,7 +8,8 @@ not reproduce is reported with its numbers.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["study_markdown", "findings"]
 
@@ -33,7 +34,16 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
 def _contexts(rows: list[dict]) -> list[str]:
     return _table(
         ("context", "questions", "samples", "accuracy", "95% CI"),
-        ((r["context"], r["questions"], r["samples"], _f(r["accuracy"], signed=False), _ci(r["ci_low"], r["ci_high"])) for r in rows),
+        (
+            (
+                r["context"],
+                r["questions"],
+                r["samples"],
+                _f(r["accuracy"], signed=False),
+                _ci(r["ci_low"], r["ci_high"]),
+            )
+            for r in rows
+        ),
     )
 
 
@@ -42,18 +52,57 @@ def _groups(report: dict) -> list[str]:
     for g in report["groups"]:
         if g["nodes"] == 0 and g["split"] == "mixed":
             continue
-        rows.append((g["teacher"], g["method"], g["split"], g["nodes"], g["rollouts"], _f(g["mean_cosine"]),
-                     _ci(g["mean_ci_low"], g["mean_ci_high"]), _f(g["fraction_positive"], signed=False),
-                     _f(g["mean_teacher_advantage"])))
-    return _table(("teacher", "method", "split", "nodes", "rollouts", "mean cos", "95% CI", "frac > 0", "teacher adv."), rows)
+        rows.append(
+            (
+                g["teacher"],
+                g["method"],
+                g["split"],
+                g["nodes"],
+                g["rollouts"],
+                _f(g["mean_cosine"]),
+                _ci(g["mean_ci_low"], g["mean_ci_high"]),
+                _f(g["fraction_positive"], signed=False),
+                _f(g["mean_teacher_advantage"]),
+            )
+        )
+    return _table(
+        ("teacher", "method", "split", "nodes", "rollouts", "mean cos", "95% CI", "frac > 0", "teacher adv."), rows
+    )
 
 
 def _comparisons(report: dict) -> list[str]:
-    rows = ((c["teacher"], c["method"], c["nodes_incorrect"], c["nodes_correct"], _f(c["mean_incorrect"]), _f(c["mean_correct"]),
-             _f(c["diff"]), _ci(c["diff_ci_low"], c["diff_ci_high"]), _half(c), _f(c["bootstrap_p"], signed=False),
-             _f(c["mann_whitney_p"], signed=False)) for c in report["comparisons"])
-    return _table(("teacher", "method", "n incorrect", "n correct", "incorrect", "correct", "diff", "95% CI", "half-width",
-                   "bootstrap p", "Mann-Whitney p"), rows)
+    rows = (
+        (
+            c["teacher"],
+            c["method"],
+            c["nodes_incorrect"],
+            c["nodes_correct"],
+            _f(c["mean_incorrect"]),
+            _f(c["mean_correct"]),
+            _f(c["diff"]),
+            _ci(c["diff_ci_low"], c["diff_ci_high"]),
+            _half(c),
+            _f(c["bootstrap_p"], signed=False),
+            _f(c["mann_whitney_p"], signed=False),
+        )
+        for c in report["comparisons"]
+    )
+    return _table(
+        (
+            "teacher",
+            "method",
+            "n incorrect",
+            "n correct",
+            "incorrect",
+            "correct",
+            "diff",
+            "95% CI",
+            "half-width",
+            "bootstrap p",
+            "Mann-Whitney p",
+        ),
+        rows,
+    )
 
 
 def _half(c: dict) -> str:
@@ -77,9 +126,20 @@ def _correlations(report: dict) -> list[str]:
 
 
 def _ranking(report: dict) -> list[str]:
-    return _table(("method", "rank", "teacher", "mean cos", "95% CI", "nodes"),
-                  ((e["method"], e["rank"], e["teacher"], _f(e["mean_cosine"]), _ci(e["mean_ci_low"], e["mean_ci_high"]), e["nodes"])
-                   for e in report["ranking"]))
+    return _table(
+        ("method", "rank", "teacher", "mean cos", "95% CI", "nodes"),
+        (
+            (
+                e["method"],
+                e["rank"],
+                e["teacher"],
+                _f(e["mean_cosine"]),
+                _ci(e["mean_ci_low"], e["mean_ci_high"]),
+                e["nodes"],
+            )
+            for e in report["ranking"]
+        ),
+    )
 
 
 def findings(result: dict) -> list[str]:
@@ -96,9 +156,11 @@ def findings(result: dict) -> list[str]:
             verdict = "does not reproduce (reversed)"
         else:
             verdict = "does not reproduce (interval contains 0)"
-        lines.append(f"- Alignment higher on incorrect than on correct rollouts, {c['teacher']} / {c['method']}: {verdict}: "
-                     f"diff {_f(diff)} {_ci(low, c['diff_ci_high'])}, bootstrap p {_f(c['bootstrap_p'], 3, False)}, "
-                     f"n = {c['nodes_incorrect']} incorrect / {c['nodes_correct']} correct nodes.")
+        lines.append(
+            f"- Alignment higher on incorrect than on correct rollouts, {c['teacher']} / {c['method']}: {verdict}: "
+            f"diff {_f(diff)} {_ci(low, c['diff_ci_high'])}, bootstrap p {_f(c['bootstrap_p'], 3, False)}, "
+            f"n = {c['nodes_incorrect']} incorrect / {c['nodes_correct']} correct nodes."
+        )
     lines += _context_findings(result["contexts"])
     lines += _correlation_findings(report)
     return lines
@@ -114,8 +176,9 @@ def _context_findings(rows: list[dict]) -> list[str]:
         up = r["ci_low"] > base["ci_high"]
         down = r["ci_high"] < base["ci_low"]
         word = "raises" if up else "lowers" if down else "does not clearly change"
-        out.append(f"- Context {name} {word} in-context accuracy: {_f(r['accuracy'], signed=False)} {_ci(r['ci_low'], r['ci_high'])} "
-                   f"vs {_f(base['accuracy'], signed=False)} {_ci(base['ci_low'], base['ci_high'])} with no context.")
+        here = f"{_f(r['accuracy'], signed=False)} {_ci(r['ci_low'], r['ci_high'])}"
+        there = f"{_f(base['accuracy'], signed=False)} {_ci(base['ci_low'], base['ci_high'])}"
+        out.append(f"- Context {name} {word} in-context accuracy: {here} vs {there} with no context.")
     return out
 
 
@@ -128,20 +191,39 @@ def _correlation_findings(report: dict) -> list[str]:
         against = sum(1 for c in cs if c["rho"] * sign < 0 and c["p_value"] is not None and c["p_value"] < 0.05)
         rhos = ", ".join(_f(c["rho"], 2) for c in cs)
         want = "positive" if sign > 0 else "negative"
-        out.append(f"- Paper: {name} correlates {want}ly with alignment. Here: significant in the paper's direction for "
-                   f"{agree} of {len(cs)} teacher x method pairs, against it for {against} (rho: {rhos}).")
+        out.append(
+            f"- Paper: {name} correlates {want}ly with alignment. Here: significant in the paper's direction for "
+            f"{agree} of {len(cs)} teacher x method pairs, against it for {against} (rho: {rhos})."
+        )
     return out
 
 
 def study_markdown(result: dict, command: str) -> str:
     """The whole study as Markdown."""
-    lines = ["# gradalign study", "", f"Command: `{command}`", "",
-             f"Wall time {result['seconds'] / 60:.1f} min (model load {result['load_seconds']:.0f} s), "
-             f"{result['generated_tokens']:,} student tokens generated.", ""]
+    lines = [
+        "# gradalign study",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Wall time {result['seconds'] / 60:.1f} min (model load {result['load_seconds']:.0f} s), "
+        f"{result['generated_tokens']:,} student tokens generated.",
+        "",
+    ]
     lines += ["## Tasks and screening", ""]
-    lines += _table(("task", "questions", "screened out", "kept", "base accuracy (kept)", "minutes"),
-                    ((t["name"], t["questions"], t["screened_out"], t["kept"], _f(t["base_accuracy"], signed=False),
-                      f"{t['seconds'] / 60:.1f}") for t in result["tasks"]))
+    lines += _table(
+        ("task", "questions", "screened out", "kept", "base accuracy (kept)", "minutes"),
+        (
+            (
+                t["name"],
+                t["questions"],
+                t["screened_out"],
+                t["kept"],
+                _f(t["base_accuracy"], signed=False),
+                f"{t['seconds'] / 60:.1f}",
+            )
+            for t in result["tasks"]
+        ),
+    )
     report = result["report"]
     lines += ["## (a) In-context accuracy", ""] + _contexts(result["contexts"])
     lines += ["## (b) Alignment per teacher x method x split", ""] + _groups(report)

@@ -12,8 +12,9 @@ Knows prompts and backends; knows nothing of gradients, storage or gRPC.
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import AbstractSet, Callable
 
 from .config import PromptConfig, TeacherSpec
 from .data import Question
@@ -45,7 +46,8 @@ def check_tokenizer_compatibility(student_tok, teacher_tok, teacher_name: str) -
         only_t = sorted(set(tv) - set(sv))[:3]
         moved = sorted(k for k in set(sv) & set(tv) if sv[k] != tv[k])[:3]
         problems.append(
-            f"vocabulary ({len(sv)} vs {len(tv)} tokens; only in student: {only_s}, only in teacher: {only_t}, different ids: {moved})"
+            f"vocabulary ({len(sv)} vs {len(tv)} tokens; only in student: {only_s}, only in teacher: {only_t}, "
+            f"different ids: {moved})"
         )
     for attr in ("eos_token_id", "bos_token_id", "pad_token_id", "unk_token_id"):
         a, b = getattr(student_tok, attr, None), getattr(teacher_tok, attr, None)
@@ -143,7 +145,9 @@ class Teacher:
         text = template.format(**{k: v or "" for k, v in values.items()})
         return TeacherContext(text=text, demo_source=demo_source, wrong_source=wrong_source)
 
-    def prompt_ids(self, tree: RolloutTree, excluded: AbstractSet[int], cancel=None) -> tuple[list[int] | None, TeacherContext]:
+    def prompt_ids(
+        self, tree: RolloutTree, excluded: AbstractSet[int], cancel=None
+    ) -> tuple[list[int] | None, TeacherContext]:
         """Token ids before the student's completion (None with the context's skip reason when there is none).
 
         ``cancel`` reaches the summarizer, the one context that may have to generate text.

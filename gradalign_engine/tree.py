@@ -12,8 +12,9 @@ Plain data and counting only: no models, tensors or teachers.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .data import Question
 
@@ -206,7 +207,7 @@ class RolloutTree:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RolloutTree":
+    def from_dict(cls, data: dict[str, Any]) -> RolloutTree:
         return cls(
             tree_id=data["tree_id"],
             question=Question.from_dict(data["question"]),

@@ -107,8 +107,12 @@ def diff(expected_dir: Path, actual_dir: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare with the committed stubs; exit 1 on any difference")
-    parser.add_argument("--out", type=Path, default=None, help=f"output folder (default {PACKAGE_DIR.relative_to(ROOT)})")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the committed stubs; exit 1 on any difference"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"output folder (default {PACKAGE_DIR.relative_to(ROOT)})"
+    )
     args = parser.parse_args(argv)
     _check_tools()
     if args.check:

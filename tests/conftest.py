@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-TINY_WORDS = (
-    "0 1 2 3 4 5 6 7 8 9 + - = . ? the answer is yes no what how many a b c d x y z and of to"
-).split()
+TINY_WORDS = ("0 1 2 3 4 5 6 7 8 9 + - = . ? the answer is yes no what how many a b c d x y z and of to").split()
 TOY_WORDS = ["a", "b", "c"]  # the exact-enumeration model's completion alphabet (plus <eos>)
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
@@ -45,17 +43,28 @@ def make_tiny_model_dir(
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     pad = "<eos>" if minimal_specials else "<pad>"
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=pad, eos_token="<eos>", unk_token="<unk>",
+        tokenizer_object=backend,
+        pad_token=pad,
+        eos_token="<eos>",
+        unk_token="<unk>",
         additional_special_tokens=roles,
     )
     if chat_template:
         tokenizer.chat_template = chat_template
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-        tie_word_embeddings=True, initializer_range=init_std, eos_token_id=vocab["<eos>"],
-        pad_token_id=vocab[pad], bos_token_id=None,
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=init_std,
+        eos_token_id=vocab["<eos>"],
+        pad_token_id=vocab[pad],
+        bos_token_id=None,
     )
     model = LlamaForCausalLM(config)
     path.mkdir(parents=True, exist_ok=True)
@@ -83,3 +92,31 @@ def toy_model_dir(tmp_path_factory) -> Path:
     from exact_toy import make_toy_model_dir
 
     return make_toy_model_dir(tmp_path_factory.mktemp("toy") / "model")
+
+
+# ---------------------------------------------------------------- the service tests (test_service*.py)
+@pytest.fixture(scope="session")
+def service_engine(tiny_model_dir):
+    from service_setup import tiny_config
+
+    from gradalign_engine.pipeline import Engine
+
+    engine = Engine(tiny_config(tiny_model_dir))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def served(service_engine, tmp_path_factory):
+    """A server on a file store with metrics on a free port; yields (server, client)."""
+    from gradalign_client import Client
+    from gradalign_server import ServiceLimits, create_server
+
+    db = tmp_path_factory.mktemp("db") / "store.sqlite"
+    server, port = create_server(
+        service_engine, "127.0.0.1:0", db, metrics_port=0, limits=ServiceLimits(max_request_tokens=5_000_000)
+    )
+    client = Client(f"127.0.0.1:{port}", timeout=60)
+    yield server, client
+    client.close()
+    server.stop(grace=1)

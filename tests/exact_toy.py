@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from gradalign_engine import gradients as G
-from gradalign_engine.config import AnalysisConfig, ModelSpec, PromptConfig, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec
+from gradalign_engine.config import (
+    AnalysisConfig,
+    ModelSpec,
+    PromptConfig,
+    RolloutConfig,
+    RunConfig,
+    SamplingConfig,
+    TeacherSpec,
+)
 from gradalign_engine.data import Question
 from gradalign_engine.prompts import render_prompt
 
@@ -22,15 +30,32 @@ QUESTION = Question(id="toy", question="q", answer="b", verifier="regex", extra=
 TEACHER_CONTEXT = "q a b a b"
 
 
-def toy_config(model_dir, *, rollouts: int = 16, continuations: int = 4, interval: str = "wilson", seed: int = 0, dtype: str = "float32", **rollout_settings) -> RunConfig:
+def toy_config(
+    model_dir,
+    *,
+    rollouts: int = 16,
+    continuations: int = 4,
+    interval: str = "wilson",
+    seed: int = 0,
+    dtype: str = "float32",
+    **rollout_settings,
+) -> RunConfig:
     return RunConfig(
         student=ModelSpec(model=str(model_dir), dtype=dtype, device="cpu"),
         teachers=(TeacherSpec(name="ctx", kind="self", context="template", template=TEACHER_CONTEXT),),
         sampling=SamplingConfig(max_new_tokens=MAX_NEW),
         prompt=PromptConfig(mode="raw"),
-        rollouts=RolloutConfig(num_rollouts=rollouts, continuations=continuations, nodes_per_window=2, nodes_per_path=5,
-                               candidate_top_k=3, min_token_prob=0.0, max_continuations=10**6, interval=interval,
-                               **rollout_settings),
+        rollouts=RolloutConfig(
+            num_rollouts=rollouts,
+            continuations=continuations,
+            nodes_per_window=2,
+            nodes_per_path=5,
+            candidate_top_k=3,
+            min_token_prob=0.0,
+            max_continuations=10**6,
+            interval=interval,
+            **rollout_settings,
+        ),
         analysis=AnalysisConfig(methods=("forward_kl", "reverse_kl", "jsd"), min_ideal_norm=0.0, bootstrap_samples=0),
         seed=seed,
     )
@@ -48,7 +73,7 @@ class ExactToy:
         self.student_prompt = render_prompt(self.tok, QUESTION, PromptConfig(mode="raw"))
         self.teacher_prompt = render_prompt(self.tok, QUESTION, PromptConfig(mode="raw"), context=TEACHER_CONTEXT)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def dist(self, prompt: tuple[int, ...], completion: tuple[int, ...]) -> np.ndarray:
         with torch.no_grad():
             logits = self.model(torch.tensor([list(prompt) + list(completion)])).logits[0, -1]
@@ -57,7 +82,7 @@ class ExactToy:
     def success(self, completion: tuple[int, ...]) -> bool:
         return "b" in self.tok.decode(list(completion), skip_special_tokens=True)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def p_succ(self, completion: tuple[int, ...]) -> float:
         """P(success | the student has written ``completion``), enumerating every continuation."""
         if (completion and completion[-1] == self.eos) or len(completion) >= MAX_NEW:
@@ -70,8 +95,6 @@ class ExactToy:
         return float(sum(probs[j] * self.p_succ(completion + (j,)) for j in range(len(probs))))
 
 
-
-
 def alignment_error(engine, exact: ExactToy, seed: int, method: str = "reverse_kl") -> tuple[float, int]:
     """Mean |cos(g*_hat, d) - cos(g*_exact, d)| over the scored nodes of one new tree, and their count."""
     return tree_alignment_error(engine, exact, engine.build_tree(QUESTION, seed=seed), method)
@@ -81,8 +104,16 @@ def make_toy_model_dir(path):
     """The toy's model: 6 tokens (<eos> <unk> q a b c), peaked random distributions, saved at ``path``."""
     from conftest import TOY_WORDS, make_tiny_model_dir
 
-    return make_tiny_model_dir(path, words=["q", *TOY_WORDS], seed=3, hidden=32, layers=1, init_std=0.6,
-                               chat_template=None, minimal_specials=True)
+    return make_tiny_model_dir(
+        path,
+        words=["q", *TOY_WORDS],
+        seed=3,
+        hidden=32,
+        layers=1,
+        init_std=0.6,
+        chat_template=None,
+        minimal_specials=True,
+    )
 
 
 def scored_nodes(engine, exact: ExactToy, tree, method: str = "reverse_kl"):

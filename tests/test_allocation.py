@@ -101,7 +101,9 @@ def test_gains_are_the_drop_of_sigma_after_adding_the_batch() -> None:
     # Without directions the model is memoryless: planning a batch = a fresh model with those counts.
     planned = A.NodeErrorModel(p, visits, successes, np.zeros(3, bool))
     planned.add(1, 5)
-    fresh = A.NodeErrorModel(p, visits + np.array([0, 5, 0]), successes + np.array([0, 5 * planned.mean[1], 0]), np.zeros(3, bool))
+    fresh = A.NodeErrorModel(
+        p, visits + np.array([0, 5, 0]), successes + np.array([0, 5 * planned.mean[1], 0]), np.zeros(3, bool)
+    )
     assert planned.sigma() == pytest.approx(fresh.sigma(), rel=1e-12)
 
 

@@ -19,7 +19,8 @@ from gradalign_engine.data import (
     load_questions,
 )
 
-SHARED_DATA = Path("/work/shared/data")
+# The shared evaluation sets sit beside the repository on every machine and in CI: ../shared/data.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ARC_LINE = {
     "id": "arc-easy-1",
     "question": "Which piece of safety equipment is used to keep mold spores from entering the respiratory system?",
@@ -29,7 +30,8 @@ ARC_LINE = {
 }
 ADDSUB_LINE = {
     "id": "addsub-1",
-    "question": "A bucket contains 3 gallons of water . If Derek adds 6.8 gallons more , how many gallons will there be in all ?",
+    "question": "A bucket contains 3 gallons of water . If Derek adds 6.8 gallons more , how many gallons will "
+    "there be in all ?",
     "answer": "9.8",
     "solution": "So in total there will be 3 + 6.8 = 9.8 gallons. The answer is 9.8.",
     "verifier": "numeric",
@@ -164,7 +166,9 @@ def test_from_dict_keeps_unknown_fields_in_extra():
 def test_from_dict_defaults():
     question = Question.from_dict({"id": "x", "question": "q", "answer": "1"})
     assert question.verifier == "numeric" and question.choices == () and question.solution is None
-    assert Question.from_dict({"id": "x", "question": "q", "answer": "1", "choices": None, "solution": None}).choices == ()
+    assert (
+        Question.from_dict({"id": "x", "question": "q", "answer": "1", "choices": None, "solution": None}).choices == ()
+    )
 
 
 @pytest.mark.parametrize("answer, text", [(18, "18"), (9.8, "9.8"), (-3, "-3")])
@@ -310,6 +314,17 @@ def test_bundled_demo_is_a_verbatim_copy_of_the_shared_data():
         originals.update({q.id: q for q in load_questions(SHARED_DATA / f"{name}.jsonl")})
     for question in load_questions(bundled_dataset_path()):
         assert originals[question.id] == question
+
+
+@pytest.mark.parametrize("name", ["boolq", "arc_easy"])
+def test_bundled_study_sets_are_verbatim_copies_of_the_shared_data(name):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    shared = (SHARED_DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    bundled = bundled_dataset_path(f"study_{name}").read_text(encoding="utf-8").splitlines()
+    assert len(bundled) == 200 and len(set(bundled)) == 200
+    positions = [shared.index(line) for line in bundled]
+    assert positions == sorted(positions)  # in their original order
 
 
 @pytest.mark.parametrize("name", ["nope", "../demo", "demo/../demo", "", "/etc/passwd", None, "demo.jsonl"])

@@ -24,7 +24,11 @@ from gradalign_engine.teachers import DEFAULT_WORDING
 @pytest.fixture(scope="module")
 def engine(toy_model_dir):
     config = toy_config(toy_model_dir)
-    teachers = (*config.teachers, TeacherSpec(name="demo", context="correct_demo"), TeacherSpec(name="cw", context="correct_and_wrong"))
+    teachers = (
+        *config.teachers,
+        TeacherSpec(name="demo", context="correct_demo"),
+        TeacherSpec(name="cw", context="correct_and_wrong"),
+    )
     return Engine(dataclasses.replace(config, teachers=teachers))
 
 
@@ -50,7 +54,9 @@ def test_each_distinct_prefix_is_one_node_listing_every_rollout_through_it(engin
         outcomes = {tree.rollouts[i].correct for i in through}
         assert record.rollout_correct == (outcomes.pop() if len(outcomes) == 1 else None)
         assert record.rollouts_correct == sum(tree.rollouts[i].correct for i in through)
-        assert record.normalized_depth == pytest.approx(sum(record.depth / len(tree.rollouts[i].tokens) for i in through) / len(through))
+        assert record.normalized_depth == pytest.approx(
+            sum(record.depth / len(tree.rollouts[i].tokens) for i in through) / len(through)
+        )
         shared += len(through) > 1 and record.depth > 0
     assert shared >= 2, "the toy tree should share prefixes below the root"
     assert Counter(r.outcome for r in records)["mixed"] >= 1
@@ -61,7 +67,9 @@ def test_a_rollout_never_sees_itself_in_its_teachers_context(engine, tree):
     solved = [r.index for r in tree.rollouts if r.correct]
     assert solved, "the toy tree needs a correct rollout"
     only = max(solved, key=lambda i: len(tree.rollouts[i].tokens))
-    lonely = dataclasses.replace(tree, rollouts=[dataclasses.replace(r, correct=r.index == only) for r in tree.rollouts])
+    lonely = dataclasses.replace(
+        tree, rollouts=[dataclasses.replace(r, correct=r.index == only) for r in tree.rollouts]
+    )
     records = engine.score_tree(lonely, ["demo"], ["forward_kl"])
     on_it = [r for r in records if only in r.rollouts]
     off_it = [r for r in records if only not in r.rollouts]

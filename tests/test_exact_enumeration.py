@@ -16,10 +16,11 @@ import math
 
 import numpy as np
 import pytest
+from exact_toy import QUESTION, ExactToy, alignment_error
+from exact_toy import toy_config as _config
 
-from exact_toy import QUESTION, ExactToy, alignment_error, toy_config as _config
-from gradalign_engine import gradients as G
 from gradalign_engine.pipeline import Engine
+
 
 @pytest.fixture(scope="module")
 def exact(toy_model_dir) -> ExactToy:
@@ -79,7 +80,9 @@ def test_intervals_cover_exact_success_probabilities(toy_model_dir, exact, inter
     still hold.
     """
     hits = total = 0
-    settings = dict(continuations=2, adaptive_continuations=adaptive, adaptive_batch=4) if adaptive else dict(continuations=3)
+    settings = (
+        dict(continuations=2, adaptive_continuations=adaptive, adaptive_batch=4) if adaptive else dict(continuations=3)
+    )
     engine = Engine(_config(toy_model_dir, interval=interval, rollouts=8, **settings))
     for seed in range(8):
         tree = engine.build_tree(QUESTION, seed=seed)

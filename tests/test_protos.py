@@ -63,7 +63,11 @@ def test_proto_mirrors_engine_records():
     from gradalign_client._proto.gradalign.v1 import gradalign_pb2 as pb
     from gradalign_engine import records
 
-    for cls, msg in [(records.AlignmentRecord, pb.AlignmentRecord), (records.Candidate, pb.Candidate), (records.Diagnostics, pb.Diagnostics)]:
+    for cls, msg in [
+        (records.AlignmentRecord, pb.AlignmentRecord),
+        (records.Candidate, pb.Candidate),
+        (records.Diagnostics, pb.Diagnostics),
+    ]:
         engine_fields = {f.name for f in dataclasses.fields(cls)}
         extra = _proto_fields(msg) - engine_fields
         assert engine_fields <= _proto_fields(msg), f"{msg.__name__} lacks {engine_fields - _proto_fields(msg)}"
@@ -75,8 +79,12 @@ def test_proto_mirrors_engine_report():
     from gradalign_engine import aggregate
 
     pairs = [
-        (aggregate.Report, pb.Report), (aggregate.GroupStats, pb.GroupStats), (aggregate.SplitComparison, pb.SplitComparison),
-        (aggregate.Correlation, pb.Correlation), (aggregate.RankEntry, pb.RankEntry), (aggregate.QuestionStats, pb.QuestionStats),
+        (aggregate.Report, pb.Report),
+        (aggregate.GroupStats, pb.GroupStats),
+        (aggregate.SplitComparison, pb.SplitComparison),
+        (aggregate.Correlation, pb.Correlation),
+        (aggregate.RankEntry, pb.RankEntry),
+        (aggregate.QuestionStats, pb.QuestionStats),
     ]
     for cls, msg in pairs:
         assert {f.name for f in dataclasses.fields(cls)} == _proto_fields(msg), msg.__name__
@@ -101,13 +109,22 @@ def test_client_dataclasses_mirror_proto():
     from gradalign_client._proto.gradalign.v1 import gradalign_pb2 as pb
 
     for cls, msg in [
-        (gc.ModelEntry, pb.ModelEntry), (gc.TreeSummary, pb.TreeSummary), (gc.Candidate, pb.Candidate),
-        (gc.Diagnostics, pb.Diagnostics), (gc.GroupStats, pb.GroupStats), (gc.SplitComparison, pb.SplitComparison),
-        (gc.Correlation, pb.Correlation), (gc.RankEntry, pb.RankEntry), (gc.QuestionStats, pb.QuestionStats),
-        (gc.RolloutSettings, pb.RolloutSettings), (gc.AnalysisSettings, pb.AnalysisSettings),
+        (gc.ModelEntry, pb.ModelEntry),
+        (gc.TreeSummary, pb.TreeSummary),
+        (gc.Candidate, pb.Candidate),
+        (gc.Diagnostics, pb.Diagnostics),
+        (gc.GroupStats, pb.GroupStats),
+        (gc.SplitComparison, pb.SplitComparison),
+        (gc.Correlation, pb.Correlation),
+        (gc.RankEntry, pb.RankEntry),
+        (gc.QuestionStats, pb.QuestionStats),
+        (gc.RolloutSettings, pb.RolloutSettings),
+        (gc.AnalysisSettings, pb.AnalysisSettings),
     ]:
         assert {f.name for f in dataclasses.fields(cls)} == _proto_fields(msg), cls.__name__
-    assert {f.name for f in dataclasses.fields(gc.AlignmentRecord)} == _proto_fields(pb.AlignmentRecord) - {"has_prefix_token_ids"}
+    assert {f.name for f in dataclasses.fields(gc.AlignmentRecord)} == _proto_fields(pb.AlignmentRecord) - {
+        "has_prefix_token_ids"
+    }
     assert {f.name for f in dataclasses.fields(gc.Report)} - {"cache_hit", "receipt"} == _proto_fields(pb.Report)
 
 
@@ -123,4 +140,6 @@ def test_tree_summary_matches_engine():
     from gradalign_engine.tree import TreeSummary
 
     # tree_id and question_id travel on BuildTreeResponse itself.
-    assert {f.name for f in dataclasses.fields(TreeSummary)} - {"tree_id", "question_id"} == _proto_fields(pb.TreeSummary)
+    assert {f.name for f in dataclasses.fields(TreeSummary)} - {"tree_id", "question_id"} == _proto_fields(
+        pb.TreeSummary
+    )

@@ -34,7 +34,9 @@ def test_smollm_correct_demo_alignment_on_addsub():
         student=ModelSpec(model="smollm2-135m", device="cpu"),
         teachers=(TeacherSpec(name="correct_demo", context="correct_demo"),),
         sampling=SamplingConfig(max_new_tokens=64, temperature=0.7),
-        rollouts=RolloutConfig(num_rollouts=8, nodes_per_window=1, nodes_per_path=2, candidate_top_k=2, continuations=2),
+        rollouts=RolloutConfig(
+            num_rollouts=8, nodes_per_window=1, nodes_per_path=2, candidate_top_k=2, continuations=2
+        ),
         analysis=AnalysisConfig(bootstrap_samples=200),
     )
     engine = Engine(config)

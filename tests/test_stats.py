@@ -26,7 +26,12 @@ from gradalign_engine.stats import (
 # Published 95% intervals to 4 decimals (81/263 is Newcombe's 1998 worked example; the others are
 # standard table entries).
 WILSON_KNOWN = {(0, 10): (0.0, 0.2775), (5, 10): (0.2366, 0.7634), (81, 263): (0.2553, 0.3662), (10, 10): (0.7225, 1.0)}
-CLOPPER_PEARSON_KNOWN = {(0, 10): (0.0, 0.3085), (1, 10): (0.0025, 0.4450), (5, 10): (0.1871, 0.8129), (10, 10): (0.6915, 1.0)}
+CLOPPER_PEARSON_KNOWN = {
+    (0, 10): (0.0, 0.3085),
+    (1, 10): (0.0025, 0.4450),
+    (5, 10): (0.1871, 0.8129),
+    (10, 10): (0.6915, 1.0),
+}
 
 
 @pytest.mark.parametrize("counts,expected", WILSON_KNOWN.items())
@@ -164,7 +169,9 @@ def test_spearman_matches_scipy_and_handles_degenerate_input() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _clustered_sample(rng: np.random.Generator, n_clusters: int, shift: float, cluster_sd: float = 1.0) -> tuple[np.ndarray, list[str]]:
+def _clustered_sample(
+    rng: np.random.Generator, n_clusters: int, shift: float, cluster_sd: float = 1.0
+) -> tuple[np.ndarray, list[str]]:
     """Nodes in clusters of random size sharing a cluster effect (correlated within a cluster)."""
     values, labels = [], []
     for c in range(n_clusters):

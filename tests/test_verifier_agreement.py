@@ -45,8 +45,13 @@ def _agreement(verifier: str) -> tuple[float, float, list[str]]:
     verdicts = answers = 0
     misread = []
     for row in rows:
-        question = Question(id=row["question_id"], question=row["question"], answer=row["answer"], verifier=verifier,
-                            choices=tuple(row["choices"]))
+        question = Question(
+            id=row["question_id"],
+            question=row["question"],
+            answer=row["answer"],
+            verifier=verifier,
+            choices=tuple(row["choices"]),
+        )
         result = judge(get_verifier(verifier), row["completion"], question, truncated=row["truncated"])
         labelled_correct = row["label"] is not None and _same(verifier, row["label"], row["answer"])
         verdicts += result.correct == labelled_correct
@@ -70,7 +75,10 @@ def test_labelled_set_is_well_formed(verifier):
 @pytest.mark.parametrize("verifier", ["choice", "yesno", "numeric"])
 def test_verifier_agrees_with_careful_reading(verifier):
     verdict, answer, misread = _agreement(verifier)
-    print(f"{verifier}: verdict agreement {verdict:.3f}, answer agreement {answer:.3f}; misread:\n  " + "\n  ".join(misread))
+    print(
+        f"{verifier}: verdict agreement {verdict:.3f}, answer agreement {answer:.3f}; misread:\n  "
+        + "\n  ".join(misread)
+    )
     assert verdict >= 0.98, (verdict, misread)
     assert answer >= ANSWER_FLOOR[verifier], (answer, misread)
 

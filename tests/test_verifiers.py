@@ -1,49 +1,15 @@
-"""Verifiers: answer extraction, comparison, the registry, and every reference solution in the
-shared datasets (skipped when /work/shared/data is absent)."""
+"""Per-verifier unit tests: answer extraction and comparison of the numeric, choice, yesno, exact
+and regex verifiers, with their option and reference errors. The registry lives in
+test_verifier_registry.py, the dataset checks in test_verifiers_shared_data.py."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
-import threading
-from pathlib import Path
 
 import pytest
+from verifier_helpers import CHOICES, check, q
 
-from gradalign_engine import verifiers
-from gradalign_engine.data import Question, bundled_dataset_path, load_questions
-from gradalign_engine.verifiers import (
-    ChoiceVerifier,
-    NumericVerifier,
-    UnknownVerifierError,
-    Verifier,
-    VerifierError,
-    VerifyResult,
-    extract_number,
-    get_verifier,
-    normalize_text,
-    register_verifier,
-    verifier_names,
-    verify,
-)
-
-SHARED_DATA = Path("/work/shared/data")
-
-
-def q(answer: str, verifier: str = "numeric", choices: tuple[str, ...] = (), qid: str = "q1") -> Question:
-    return Question(id=qid, question="?", answer=answer, verifier=verifier, choices=choices)
-
-
-def check(name: str, completion: str, question: Question, **options) -> VerifyResult:
-    return get_verifier(name, **options).check(completion, question)
-
-
-@pytest.fixture
-def isolated_registry(monkeypatch):
-    """Plug-ins registered by a test vanish after it."""
-    monkeypatch.setattr(verifiers, "_REGISTRY", dict(verifiers._REGISTRY))
-
+from gradalign_engine.verifiers import VerifierError, VerifyResult, extract_number, get_verifier, normalize_text
 
 # ----------------------------------------------------------------------------------------------
 # numeric
@@ -145,7 +111,9 @@ def test_numeric_tolerance_options():
     assert not strict.check("The answer is 4.000001", q("4")).correct
 
 
-@pytest.mark.parametrize("option, value", [("abs_tol", -1.0), ("rel_tol", float("nan")), ("abs_tol", "0.1"), ("rel_tol", True)])
+@pytest.mark.parametrize(
+    "option, value", [("abs_tol", -1.0), ("rel_tol", float("nan")), ("abs_tol", "0.1"), ("rel_tol", True)]
+)
 def test_numeric_bad_tolerance_names_option_and_value(option, value):
     with pytest.raises(VerifierError, match=rf"numeric\.{option}=.*{re.escape(repr(value))}"):
         get_verifier("numeric", **{option: value})
@@ -162,8 +130,6 @@ def test_numeric_non_numeric_reference_names_question_and_answer(answer):
 # ----------------------------------------------------------------------------------------------
 # choice
 # ----------------------------------------------------------------------------------------------
-
-CHOICES = ("red giant", "white dwarf", "neutron star", "black hole")
 
 
 @pytest.mark.parametrize(
@@ -366,239 +332,3 @@ def test_regex_invalid_pattern_named_at_construction(pattern):
 def test_regex_bad_options_named(options):
     with pytest.raises(VerifierError, match=r"regex\.(pattern|ignore_case)="):
         get_verifier("regex", **options)
-
-
-# ----------------------------------------------------------------------------------------------
-# registry
-# ----------------------------------------------------------------------------------------------
-
-
-def test_builtins_registered():
-    assert {"numeric", "choice", "yesno", "exact", "regex"} <= set(verifier_names())
-    for name in ("numeric", "choice", "yesno", "exact"):
-        verifier = get_verifier(name)
-        assert isinstance(verifier, Verifier) and verifier.name == name
-    assert get_verifier("regex", pattern="x").name == "regex"
-
-
-def test_unknown_verifier_names_it_and_lists_known():
-    with pytest.raises(UnknownVerifierError) as info:
-        get_verifier("numerc")
-    message = str(info.value)
-    assert "'numerc'" in message
-    for known in ("choice", "exact", "numeric", "regex", "yesno"):
-        assert known in message
-    assert isinstance(info.value, ValueError) and isinstance(info.value, VerifierError)
-    assert info.value.code == "INVALID_ARGUMENT"
-
-
-def test_unknown_verifier_of_wrong_type():
-    with pytest.raises(UnknownVerifierError, match="None"):
-        get_verifier(None)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("name", ["numeric", "choice", "yesno", "exact"])
-def test_unknown_option_named(name):
-    with pytest.raises(VerifierError, match=rf"{name}\.bogus=1: unknown option"):
-        get_verifier(name, bogus=1)
-
-
-def test_register_custom_verifier(isolated_registry):
-    class Contains:
-        name = "contains"
-
-        def __init__(self, needle: str = "42"):
-            self.needle = needle
-
-        def check(self, completion_text: str, question: Question) -> VerifyResult:
-            return VerifyResult(self.needle in completion_text, self.needle)
-
-    register_verifier("contains", Contains)
-    assert "contains" in verifier_names()
-    assert get_verifier("contains").check("it is 42", q("x", "contains")).correct
-    assert not get_verifier("contains", needle="7").check("it is 42", q("x", "contains")).correct
-    # verify() picks the verifier the question names.
-    assert verify("it is 42", q("x", "contains")).correct
-    assert verify("The answer is 5", q("5")).correct
-    # Wrong options to a plug-in factory become a VerifierError naming the options.
-    with pytest.raises(VerifierError, match=r"contains options=\{'haystack': 1\}"):
-        get_verifier("contains", haystack=1)
-
-
-def test_register_duplicate_refused_unless_replace(isolated_registry):
-    with pytest.raises(VerifierError, match=r"name='numeric'.*already registered"):
-        register_verifier("numeric", NumericVerifier)
-    register_verifier("numeric", lambda **o: NumericVerifier(abs_tol=0.5, **o), replace=True)
-    assert get_verifier("numeric").check("The answer is 4.4", q("4")).correct
-
-
-def test_isolated_registry_restored():
-    # Runs after the tests above: their plug-ins and replacements are gone.
-    assert "contains" not in verifier_names()
-    assert not get_verifier("numeric").check("The answer is 4.4", q("4")).correct
-
-
-@pytest.mark.parametrize("name", ["", "1abc", "has space", "a/b", None, "x" * 65])
-def test_register_bad_name_named(isolated_registry, name):
-    with pytest.raises(VerifierError, match=re.escape(f"name={name!r}")):
-        register_verifier(name, ChoiceVerifier)  # type: ignore[arg-type]
-
-
-def test_register_non_callable_factory_named(isolated_registry):
-    with pytest.raises(VerifierError, match=r"factory='not callable'"):
-        register_verifier("thing", "not callable")  # type: ignore[arg-type]
-
-
-def test_factory_returning_non_verifier_refused(isolated_registry):
-    register_verifier("broken", lambda: object())
-    with pytest.raises(VerifierError, match=r"'broken' returned"):
-        get_verifier("broken")
-
-
-def test_completion_must_be_text():
-    for name in ("numeric", "choice", "yesno", "exact"):
-        with pytest.raises(VerifierError, match=r"completion_text=None"):
-            get_verifier(name).check(None, q("1"))  # type: ignore[arg-type]
-
-
-def test_verifiers_are_thread_safe():
-    verifier = get_verifier("choice")
-    question = q("B", "choice", CHOICES)
-    results: list[bool] = []
-
-    def worker() -> None:
-        results.extend(verifier.check("The answer is (B)", question).correct for _ in range(200))
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == [True] * 800
-
-
-# ----------------------------------------------------------------------------------------------
-# The bundled demo set and the shared datasets
-# ----------------------------------------------------------------------------------------------
-
-
-def test_bundled_demo_solutions_verify():
-    numeric = get_verifier("numeric")
-    for question in load_questions(bundled_dataset_path("demo")):
-        assert numeric.check(question.solution, question).correct, question.id
-        wrong = dataclasses.replace(question, answer=str(int(float(question.answer)) + 1))
-        assert not numeric.check(question.solution, wrong).correct, question.id
-
-
-def _shared(name: str) -> list[Question]:
-    path = SHARED_DATA / f"{name}.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
-    return load_questions(path)
-
-
-_STATED = re.compile(r"the answer is \$?(-?[\d,]*\.?\d+)", re.IGNORECASE)
-
-
-def _stated_answer(solution: str) -> str | None:
-    """The number a solution ends on, read independently of the verifier: after the last "the answer
-    is", and after the last "=" there ("The answer is 49 - 34 = 15 customers." states 15)."""
-    tail = re.split(r"the answer is", solution, flags=re.IGNORECASE)[-1].split("=")[-1]
-    found = re.search(r"-?\d[\d,]*(?:\.\d+)?", tail.replace("$", ""))
-    return found.group(0).replace(",", "") if found else None
-
-
-def _shift(answer: str) -> str:
-    """A clearly wrong number: off by 1% and at least 1, outside the relative tolerance."""
-    value = float(answer.replace(",", ""))
-    return repr(value + max(1.0, abs(value) * 0.01))
-
-
-# In the LLM-Adapters packaging, some AddSub/MultiArith worked solutions end in "The answer is N"
-# with N different from the reference answer (e.g. multiarith-1 says 20, the reference is 6). The
-# verifier must still read N; these solutions cannot verify against the reference. Pinned so that a
-# change of the data (or of the verifier) shows up here.
-KNOWN_WRONG_SOLUTIONS = {"addsub": 25, "multiarith": 40}
-
-
-@pytest.mark.parametrize("name", ["addsub", "multiarith"])
-def test_shared_solutions_verify_against_their_stated_answer(name):
-    numeric = get_verifier("numeric")
-    questions = _shared(name)
-    disagreeing = []
-    for question in questions:
-        stated_answer = _stated_answer(question.solution)
-        assert stated_answer is not None, f"{question.id}: solution has no 'The answer is N'"
-        # The verifier reads exactly the stated final answer...
-        result = numeric.check(question.solution, dataclasses.replace(question, answer=stated_answer))
-        assert result.correct, (question.id, result)
-        # ...and judges it against the reference as a number would.
-        against_reference = numeric.check(question.solution, question)
-        agrees = abs(float(stated_answer) - float(question.answer)) <= 1e-6 * max(1.0, abs(float(question.answer)))
-        assert against_reference.correct is agrees, (question.id, against_reference, question.answer)
-        if not agrees:
-            disagreeing.append(question.id)
-        # A wrong reference is rejected (skipped where the shift lands on a wrong stated answer).
-        if agrees:
-            shifted = dataclasses.replace(question, answer=_shift(question.answer))
-            assert not numeric.check(question.solution, shifted).correct, question.id
-    assert len(disagreeing) == KNOWN_WRONG_SOLUTIONS[name], disagreeing
-    assert len(disagreeing) < 0.1 * len(questions)
-
-
-@pytest.mark.parametrize("name", ["addsub", "multiarith"])
-def test_shared_wrong_final_answers_rejected(name):
-    numeric = get_verifier("numeric")
-    for question in _shared(name):
-        last = list(_STATED.finditer(question.solution))[-1]
-        wrong_solution = f"{question.solution[: last.start()]}The answer is {_shift(question.answer)}."
-        assert not numeric.check(wrong_solution, question).correct, question.id
-
-
-def test_shared_gsm8k_solutions_verify():
-    # The shared GSM8K solutions have no final-answer line (the original "#### N" was split off
-    # into `answer`), and their last number is often not the answer ("... 15 liters out of the 24
-    # liters"). So, for this dataset only, the test appends "The answer is {answer}." first.
-    numeric = get_verifier("numeric")
-    questions = _shared("gsm8k")
-    assert not any("The answer is" in question.solution for question in questions)
-    for question in questions:
-        solution = f"{question.solution}\nThe answer is {question.answer}."
-        assert numeric.check(solution, question).correct, question.id
-        assert numeric.check(f"{question.solution}\n#### {question.answer}", question).correct, question.id
-        wrong = f"{question.solution}\nThe answer is {_shift(question.answer)}."
-        assert not numeric.check(wrong, question).correct, question.id
-
-
-def test_shared_boolq_answers_verify():
-    yesno = get_verifier("yesno")
-    for question in _shared("boolq"):
-        assert question.verifier == "yesno"
-        opposite = {"yes": "no", "no": "yes"}[question.answer]
-        assert yesno.check(f"The answer is {question.answer}.", question).correct, question.id
-        assert yesno.check(f"{question.answer.capitalize()}, I believe so.", question).correct, question.id
-        assert not yesno.check(f"The answer is {opposite}.", question).correct, question.id
-
-
-def test_shared_arc_easy_answers_verify():
-    choice = get_verifier("choice")
-    for question in _shared("arc_easy"):
-        assert question.verifier == "choice"
-        letters = "ABCDE"[: len(question.choices)]
-        right = question.answer
-        wrong = next(letter for letter in letters if letter != right)
-        assert choice.check(f"The answer is ({right}).", question).correct, question.id
-        assert not choice.check(f"The answer is ({wrong}).", question).correct, question.id
-        right_text = question.choices[letters.index(right)]
-        wrong_text = question.choices[letters.index(wrong)]
-        assert choice.check(right_text, question).correct, question.id
-        assert not choice.check(wrong_text, question).correct, question.id
-
-
-def test_shared_datasets_name_known_verifiers():
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} is absent")
-    for path in sorted(SHARED_DATA.glob("*.jsonl")):
-        with path.open(encoding="utf-8") as fh:
-            names = {json.loads(line).get("verifier", "numeric") for line in fh if line.strip()}
-        assert names <= set(verifier_names()), (path.name, names)

@@ -21,7 +21,12 @@ from gradalign_engine.backends import Backend, BranchRequest, CancelToken  # noq
 from gradalign_engine.backends.hf import HFBackend  # noqa: E402
 from gradalign_engine.backends.vllm_backend import VLLMBackend, branch_seed  # noqa: E402
 from gradalign_engine.config import (  # noqa: E402
-    AnalysisConfig, ModelSpec, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec,
+    AnalysisConfig,
+    ModelSpec,
+    RolloutConfig,
+    RunConfig,
+    SamplingConfig,
+    TeacherSpec,
 )
 from gradalign_engine.data import Question  # noqa: E402
 from gradalign_engine.errors import Cancelled, ConfigError  # noqa: E402
@@ -79,7 +84,7 @@ def test_generate_shapes_branch_major_and_eos(vb):
     # Branch-major: samples b*n .. (b+1)*n-1 follow forced[b]; a branch samples the same alone.
     for b, forced in enumerate(requests[0].forced):
         alone = vb.generate([BranchRequest(prefix=PROMPT, forced=(forced,), n=8, max_new_tokens=30, seed=1)], **SAMPLE)
-        assert alone[0] == out[0][b * 8:(b + 1) * 8]
+        assert alone[0] == out[0][b * 8 : (b + 1) * 8]
 
 
 def test_greedy_matches_hf_and_excludes_the_forced_token(vb, hb):
@@ -127,9 +132,11 @@ def test_many_seeded_requests_beyond_one_step_token_budget(vb):
 
 
 def test_zero_new_tokens_or_forced_eos_give_empty_continuations_without_vllm(vb, hb):
-    requests = [BranchRequest(prefix=PROMPT, forced=(20, 21), n=2, max_new_tokens=0, seed=1),
-                BranchRequest(prefix=OTHER, n=3, max_new_tokens=0),
-                BranchRequest(prefix=OTHER, forced=(1,), n=2, max_new_tokens=5)]  # 1 is <eos>
+    requests = [
+        BranchRequest(prefix=PROMPT, forced=(20, 21), n=2, max_new_tokens=0, seed=1),
+        BranchRequest(prefix=OTHER, n=3, max_new_tokens=0),
+        BranchRequest(prefix=OTHER, forced=(1,), n=2, max_new_tokens=5),
+    ]  # 1 is <eos>
     before = vb.counters.snapshot()
     out = vb.generate(requests, **SAMPLE)
     assert out == [[[], [], [], []], [[], [], []], [[], []]]
@@ -145,16 +152,15 @@ def test_counters_count_generated_tokens(vb):
     assert after["forward_calls"] > before["forward_calls"]
 
 
-def test_score_equals_the_hf_backend(vb, hb):
-    contexts = [list(PROMPT), list(OTHER), [5]]
-    completions = [[20, 21, 22, 1], [9], [6, 7, 8, 9, 10, 11]]
-    for temperature in (1.0, 0.7):
-        got = vb.score(contexts, completions, temperature=temperature)
-        want = hb.score(contexts, completions, temperature=temperature)
-        for g, w, y in zip(got, want, completions):
-            assert g.shape == (len(y), 40) and g.dtype == torch.float32
-            torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
-    assert vb.counters.snapshot()["scored_tokens"] >= 2 * sum(len(y) for y in completions)
+def test_exact_scoring_routes_through_the_twin_and_shares_its_counters(vb):
+    # The twin is an HFBackend, so its numbers are the HF backend's by construction; what is tested
+    # here is the routing and the bookkeeping. vLLM's own numbers are compared in the next test.
+    contexts, completions = [list(PROMPT), [5]], [[20, 21, 22, 1], [6, 7, 8]]
+    before = vb.counters.snapshot()["scored_tokens"]
+    got = vb.score(contexts, completions, temperature=0.7)
+    assert vb.twin_loaded and isinstance(vb.scorer(), HFBackend) and vb.scorer().counters is vb.counters
+    assert [g.shape for g in got] == [(4, 40), (3, 40)] and all(g.dtype == torch.float32 for g in got)
+    assert vb.counters.snapshot()["scored_tokens"] - before == 7
 
 
 def test_vllm_full_vocabulary_scoring_agrees_with_the_twin(vb, hb):
@@ -174,7 +180,7 @@ def test_exact_scoring_off_scores_with_vllm_beside_a_live_engine(tiny_model_dir,
     try:
         got = other.score([list(PROMPT)], [[20, 21]])
         torch.testing.assert_close(got[0], hb.score([list(PROMPT)], [[20, 21]])[0], rtol=0, atol=1e-4)
-        assert other._twin is None  # no transformers copy was loaded
+        assert not other.twin_loaded  # no transformers copy was loaded
         request = [BranchRequest(prefix=PROMPT, n=2, max_new_tokens=5, seed=3)]
         assert other.generate(request, **SAMPLE) == vb.generate(request, **SAMPLE)
     finally:

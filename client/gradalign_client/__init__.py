@@ -9,27 +9,52 @@ the plain dataclasses below and raise one exception type, :class:`GradalignError
         report = client.vet("questions.jsonl", teachers=["correct_demo", "summary"], limit=20)
 """
 
-from ._aio import AsyncClient
-from ._client import Client
-from ._errors import GradalignError
-from ._types import (
-    AlignmentRecord,
-    AnalysisSettings,
-    BuildTreeResult,
-    Candidate,
-    Correlation,
-    Diagnostics,
-    GroupStats,
-    ModelEntry,
-    Question,
-    QuestionStats,
-    RankEntry,
-    Report,
-    RolloutSettings,
-    SplitComparison,
-    TreeSummary,
-    read_questions,
-)
+import importlib
+from typing import TYPE_CHECKING
+
+# Attributes resolve lazily (PEP 562): ``import gradalign_client.canonical`` stays free of grpc, so the
+# engine can share the one JSON dialect without loading the transport.
+_LAZY = {
+    "AsyncClient": "._aio",
+    "Client": "._client",
+    "GradalignError": "._errors",
+    **{
+        name: "._types"
+        for name in (
+            "AlignmentRecord",
+            "AnalysisSettings",
+            "BuildTreeResult",
+            "Candidate",
+            "Correlation",
+            "Diagnostics",
+            "GroupStats",
+            "ModelEntry",
+            "Question",
+            "QuestionStats",
+            "RankEntry",
+            "Report",
+            "RolloutSettings",
+            "ScreenedQuestion",
+            "SplitComparison",
+            "TreeSummary",
+            "read_questions",
+        )
+    },
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._aio import AsyncClient  # noqa: F401
+    from ._client import Client  # noqa: F401
+    from ._errors import GradalignError  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Client",
@@ -49,6 +74,7 @@ __all__ = [
     "Correlation",
     "RankEntry",
     "QuestionStats",
+    "ScreenedQuestion",
     "Report",
     "read_questions",
 ]

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from . import _requests as rq
-from ._client import (
-    _HEALTH_CHECK,
-    ProgressCallback,
-    _decode_health_response,
-    _encode_health_request,
-    _load_questions,
-    channel_options,
-)
-from ._errors import GradalignError, from_rpc_error
-from ._proto.gradalign.v1 import gradalign_pb2_grpc as pb_grpc
+from ._core import ClientCore, ProgressCallback, ready_steps, run_steps_async, vet_steps
+from ._errors import from_rpc_error
 from ._types import AlignmentRecord, AnalysisSettings, BuildTreeResult, ModelEntry, Question, Report, RolloutSettings
 
 __all__ = ["AsyncClient"]
 
 
-class AsyncClient:
+class AsyncClient(ClientCore):
     """An asyncio connection to a gradalign server.
 
     Create and use it inside one event loop; ``async with AsyncClient(...) as client``. Parameters and
@@ -56,24 +48,13 @@ class AsyncClient:
         credentials: grpc.ChannelCredentials | None = None,
         options: list[tuple[str, Any]] | None = None,
     ):
-        self.target = target
-        self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        opts = channel_options() + list(options or [])
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=opts)
-        else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
-        self._stub = pb_grpc.GradAlignStub(self._channel)
-        self._health = self._channel.unary_unary(
-            _HEALTH_CHECK, request_serializer=_encode_health_request, response_deserializer=_decode_health_response
-        )
+        ClientCore.__init__(self, target, timeout, token, credentials, options, grpc.aio)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         await self._channel.close()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -106,20 +87,10 @@ class AsyncClient:
         GradalignError
             ``DEADLINE_EXCEEDED`` when it does not in time.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last = "no answer"
-        while True:
-            try:
-                status = await self.health(timeout=max(0.1, min(5.0, deadline - loop.time())))
-                if status == "SERVING":
-                    return
-                last = status
-            except GradalignError as exc:
-                last = str(exc)
-            if loop.time() >= deadline:
-                raise GradalignError("DEADLINE_EXCEEDED", f"server {self.target} not ready after {timeout:.0f} s: {last}")
-            await asyncio.sleep(interval)
+        await run_steps_async(ready_steps(self.target, timeout, interval), self._step)
+
+    def _step(self, name: str, kwargs: dict):
+        return getattr(self, name)(**kwargs)
 
     async def list_models(self, *, timeout: float | None = None) -> list[ModelEntry]:
         """The loaded student and teachers (see :meth:`Client.list_models`).
@@ -205,10 +176,19 @@ class AsyncClient:
             As :meth:`Client.score_teacher`, raised while iterating.
         """
         req = rq.stream_alignments_request(
-            tree_ids, teachers, methods, split=split, include_skipped=include_skipped, min_depth=min_depth,
-            max_depth=max_depth, include_prefix_ids=include_prefix_ids, analysis=analysis,
+            tree_ids,
+            teachers,
+            methods,
+            split=split,
+            include_skipped=include_skipped,
+            min_depth=min_depth,
+            max_depth=max_depth,
+            include_prefix_ids=include_prefix_ids,
+            analysis=analysis,
         )
-        call = self._stub.StreamAlignments(req, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+        call = self._stub.StreamAlignments(
+            req, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata
+        )
         try:
             async for resp in call:
                 yield rq.read_record(resp)
@@ -241,15 +221,5 @@ class AsyncClient:
         GradalignError
             As :meth:`Client.vet`.
         """
-        questions = _load_questions(dataset, limit)
-        if not questions:
-            raise GradalignError("INVALID_ARGUMENT", f"dataset={str(dataset)!r}: no questions")
-        if progress is not None:
-            progress(0, len(questions), None)
-        tree_ids = []
-        for done, question in enumerate(questions, start=1):
-            result = await self.build_tree(question, settings=settings, seed=seed, target_teachers=teachers, timeout=timeout)
-            tree_ids.append(result.tree_id)
-            if progress is not None:
-                progress(done, len(questions), result)
-        return await self.score_teacher(tree_ids, teachers, methods, analysis=analysis, seed=seed, timeout=timeout)
+        steps = vet_steps(dataset, teachers, methods, limit, progress, settings, analysis, seed, timeout)
+        return await run_steps_async(steps, self._step)

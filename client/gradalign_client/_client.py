@@ -5,15 +5,24 @@ Depends on grpcio and protobuf only; never imports torch, transformers or the en
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 
 from . import _requests as rq
-from ._errors import GradalignError, from_rpc_error
-from ._proto.gradalign.v1 import gradalign_pb2_grpc as pb_grpc
+from ._core import (
+    HEALTH_CHECK,
+    HEALTH_STATUSES,
+    ClientCore,
+    ProgressCallback,
+    channel_options,
+    ready_steps,
+    run_steps,
+    vet_steps,
+)
+from ._errors import from_rpc_error
 from ._types import (
     AlignmentRecord,
     AnalysisSettings,
@@ -22,64 +31,11 @@ from ._types import (
     Question,
     Report,
     RolloutSettings,
-    as_questions,
-    read_questions,
 )
 
 __all__ = ["Client", "channel_options", "ProgressCallback", "HEALTH_STATUSES"]
 
-#: ``progress(done, total, result)``: once with ``(0, total, None)`` before the first tree of
-#: :meth:`Client.vet`, then after each tree with its :class:`BuildTreeResult`.
-ProgressCallback = Callable[[int, int, "BuildTreeResult | None"], None]
-#: grpc.health.v1 ServingStatus names by number.
-HEALTH_STATUSES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
-_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-
-
-def channel_options(max_message_mb: int = 256) -> list[tuple[str, Any]]:
-    """Channel arguments shared by both clients.
-
-    A BuildTree on a CPU can run for minutes without a data frame, and NATs and load balancers drop
-    idle TCP connections: the client pings every 30 s while a call is open (the server permits
-    pings every 10 s) and gives up on a peer that does not answer within 20 s. Reports of many
-    trees can exceed gRPC's default 4 MiB message limit, hence the larger receive limit.
-    """
-    return [
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 0),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.max_receive_message_length", max_message_mb * 1024 * 1024),
-        ("grpc.max_send_message_length", max_message_mb * 1024 * 1024),
-    ]
-
-
-def _encode_health_request(service: str) -> bytes:
-    data = service.encode("utf-8")
-    if not data:
-        return b""
-    if len(data) > 127:
-        raise ValueError("service name too long")
-    return b"\x0a" + bytes([len(data)]) + data  # field 1, length-delimited
-
-
-def _decode_health_response(data: bytes) -> str:
-    # HealthCheckResponse { ServingStatus status = 1; }: one varint field (absent means UNKNOWN).
-    if len(data) >= 2 and data[0] == 0x08:
-        return HEALTH_STATUSES.get(data[1], "UNKNOWN")
-    return "UNKNOWN"
-
-
-def _load_questions(dataset: str | Path | Iterable[Question | Mapping[str, Any]], limit: int | None) -> list[Question]:
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise GradalignError("INVALID_ARGUMENT", f"limit={limit!r}: must be a positive integer or None")
-    try:
-        if isinstance(dataset, (str, Path)):
-            return list(read_questions(dataset, limit))
-        questions = list(as_questions(dataset))
-    except (OSError, ValueError) as exc:
-        raise GradalignError("INVALID_ARGUMENT", f"dataset: {exc}") from None
-    return questions[:limit] if limit is not None else questions
+_HEALTH_CHECK = HEALTH_CHECK
 
 
 def _records(call) -> Iterator[AlignmentRecord]:
@@ -92,7 +48,7 @@ def _records(call) -> Iterator[AlignmentRecord]:
         call.cancel()  # no-op when the stream already ended; stops the server when left early
 
 
-class Client:
+class Client(ClientCore):
     """A connection to a gradalign server.
 
     Thread-safe: one Client may serve many threads. Use it as a context manager, or call
@@ -128,18 +84,7 @@ class Client:
         credentials: grpc.ChannelCredentials | None = None,
         options: list[tuple[str, Any]] | None = None,
     ):
-        self.target = target
-        self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        opts = channel_options() + list(options or [])
-        if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=opts)
-        else:
-            self._channel = grpc.secure_channel(target, credentials, options=opts)
-        self._stub = pb_grpc.GradAlignStub(self._channel)
-        self._health = self._channel.unary_unary(
-            _HEALTH_CHECK, request_serializer=_encode_health_request, response_deserializer=_decode_health_response
-        )
+        ClientCore.__init__(self, target, timeout, token, credentials, options, grpc)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -147,7 +92,7 @@ class Client:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -202,19 +147,7 @@ class Client:
             ``DEADLINE_EXCEEDED`` when the server is not SERVING in time (the last error or status is
             in the details).
         """
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while True:
-            try:
-                status = self.health(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
-                if status == "SERVING":
-                    return
-                last = status
-            except GradalignError as exc:
-                last = str(exc)
-            if time.monotonic() >= deadline:
-                raise GradalignError("DEADLINE_EXCEEDED", f"server {self.target} not ready after {timeout:.0f} s: {last}")
-            time.sleep(interval)
+        run_steps(ready_steps(self.target, timeout, interval), lambda name, kwargs: getattr(self, name)(**kwargs))
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelEntry]:
         """The loaded student and teachers.
@@ -367,10 +300,19 @@ class Client:
             As :meth:`score_teacher`, raised while iterating.
         """
         req = rq.stream_alignments_request(
-            tree_ids, teachers, methods, split=split, include_skipped=include_skipped, min_depth=min_depth,
-            max_depth=max_depth, include_prefix_ids=include_prefix_ids, analysis=analysis,
+            tree_ids,
+            teachers,
+            methods,
+            split=split,
+            include_skipped=include_skipped,
+            min_depth=min_depth,
+            max_depth=max_depth,
+            include_prefix_ids=include_prefix_ids,
+            analysis=analysis,
         )
-        call = self._stub.StreamAlignments(req, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+        call = self._stub.StreamAlignments(
+            req, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata
+        )
         return _records(call)
 
     def vet(
@@ -416,15 +358,5 @@ class Client:
             ``INVALID_ARGUMENT`` for an unreadable dataset (names file and line), and any error of
             :meth:`build_tree` or :meth:`score_teacher`.
         """
-        questions = _load_questions(dataset, limit)
-        if not questions:
-            raise GradalignError("INVALID_ARGUMENT", f"dataset={str(dataset)!r}: no questions")
-        if progress is not None:
-            progress(0, len(questions), None)
-        tree_ids = []
-        for done, question in enumerate(questions, start=1):
-            result = self.build_tree(question, settings=settings, seed=seed, target_teachers=teachers, timeout=timeout)
-            tree_ids.append(result.tree_id)
-            if progress is not None:
-                progress(done, len(questions), result)
-        return self.score_teacher(tree_ids, teachers, methods, analysis=analysis, seed=seed, timeout=timeout)
+        steps = vet_steps(dataset, teachers, methods, limit, progress, settings, analysis, seed, timeout)
+        return run_steps(steps, lambda name, kwargs: getattr(self, name)(**kwargs))

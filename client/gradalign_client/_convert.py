@@ -18,11 +18,14 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+
+from .canonical import json_safe
 
 __all__ = ["message_to_dict", "dict_to_message", "from_dict", "nan_to_none"]
 
@@ -116,7 +119,7 @@ def dict_to_message(data: Mapping[str, Any], msg: Message, *, strict: bool = Fal
 def _fill(f: FieldDescriptor, target: Message, value: Any, strict: bool) -> None:
     if f.message_type.full_name == _STRUCT:
         target.SetInParent()
-        target.update(_json_safe(value))
+        target.update(json_safe(value))
     elif isinstance(value, Message):
         target.CopyFrom(value)
     else:
@@ -130,21 +133,6 @@ def _scalar(f: FieldDescriptor, value: Any) -> Any:
     if f.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return float(value)
     return value
-
-
-def _json_safe(value: Any) -> Any:
-    """Struct holds JSON only: tuples become lists, non-finite floats become None, keys strings."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _json_safe(dataclasses.asdict(value))
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    return str(value)
 
 
 def nan_to_none(value: float | None) -> float | None:

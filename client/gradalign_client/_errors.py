@@ -37,7 +37,10 @@ class GradalignError(Exception):
 
 def _looks_unreachable(details: str) -> bool:
     text = details.lower()
-    return any(s in text for s in ("failed to connect", "connection refused", "dns resolution", "connect failed", "unreachable"))
+    return any(
+        s in text
+        for s in ("failed to connect", "connection refused", "dns resolution", "connect failed", "unreachable")
+    )
 
 
 def from_rpc_error(exc: grpc.RpcError) -> GradalignError:

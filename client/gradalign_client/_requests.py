@@ -7,7 +7,8 @@ last step so the sync and asyncio clients differ only in how they call.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from ._convert import dict_to_message, from_dict, message_to_dict
 from ._errors import GradalignError
@@ -34,8 +35,13 @@ __all__ = [
     "read_record",
 ]
 
-_SPLITS = {None: pb.SPLIT_UNSPECIFIED, "all": pb.SPLIT_UNSPECIFIED, "correct": pb.SPLIT_CORRECT, "incorrect": pb.SPLIT_INCORRECT,
-           "mixed": pb.SPLIT_MIXED}
+_SPLITS = {
+    None: pb.SPLIT_UNSPECIFIED,
+    "all": pb.SPLIT_UNSPECIFIED,
+    "correct": pb.SPLIT_CORRECT,
+    "incorrect": pb.SPLIT_INCORRECT,
+    "mixed": pb.SPLIT_MIXED,
+}
 
 
 def _invalid(field: str, value: Any, reason: str) -> GradalignError:
@@ -64,7 +70,9 @@ def _settings(field: str, cls: type, value: Any, target) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - known)
     if unknown:
-        raise _invalid(f"{field}.{unknown[0]}", value[unknown[0]], f"unknown setting; known: {', '.join(sorted(known))}")
+        raise _invalid(
+            f"{field}.{unknown[0]}", value[unknown[0]], f"unknown setting; known: {', '.join(sorted(known))}"
+        )
     target.SetInParent()
     try:
         dict_to_message(value, target, strict=True)
@@ -102,7 +110,9 @@ def build_tree_request(
     seed: int | None = None,
     target_teachers: Iterable[str] | str | None = None,
 ) -> pb.BuildTreeRequest:
-    req = pb.BuildTreeRequest(question=question_message(question), target_teachers=_names("target_teachers", target_teachers))
+    req = pb.BuildTreeRequest(
+        question=question_message(question), target_teachers=_names("target_teachers", target_teachers)
+    )
     _settings("settings", RolloutSettings, settings, req.settings)
     if seed is not None:
         req.seed = _seed(seed)

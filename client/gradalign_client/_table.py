@@ -12,8 +12,19 @@ from ._types import Report
 __all__ = ["table_rows", "format_table", "write_csv", "gate_value", "skip_reasons"]
 
 COLUMNS = (
-    "method", "rank", "teacher", "mean_cosine", "ci_low", "ci_high", "weighted_cosine", "pooled_cosine",
-    "fraction_positive", "mean_incorrect", "mean_correct", "nodes", "skipped",
+    "method",
+    "rank",
+    "teacher",
+    "mean_cosine",
+    "ci_low",
+    "ci_high",
+    "weighted_cosine",
+    "pooled_cosine",
+    "fraction_positive",
+    "mean_incorrect",
+    "mean_correct",
+    "nodes",
+    "skipped",
 )
 
 
@@ -46,7 +57,11 @@ def table_rows(report: Report) -> list[dict[str, Any]]:
 
 
 def _num(value: float, width: int = 7) -> str:
-    return f"{'-':>{width}}" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:>{width}.3f}"
+    return (
+        f"{'-':>{width}}"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:>{width}.3f}"
+    )
 
 
 def format_table(report: Report) -> str:
@@ -68,7 +83,8 @@ def format_table(report: Report) -> str:
             out.write(f"\n{method}\n{header}\n")
         ci = f"[{_num(r['ci_low'], 6).strip()}, {_num(r['ci_high'], 6).strip()}]"
         out.write(
-            f"{r['rank']:>4}  {r['teacher']:<{width}}  {_num(r['mean_cosine'])}  {ci:^17}  {_num(r['weighted_cosine'], 8)}  "
+            f"{r['rank']:>4}  {r['teacher']:<{width}}  {_num(r['mean_cosine'])}  {ci:^17}  "
+            f"{_num(r['weighted_cosine'], 8)}  "
             f"{_num(r['pooled_cosine'])}  {_num(r['fraction_positive'])}  {_num(r['mean_incorrect'])}  "
             f"{_num(r['mean_correct'])}  {r['nodes']:>6}  {r['skipped']:>7}\n"
         )
@@ -105,5 +121,7 @@ def gate_value(report: Report, teacher: str, method: str | None) -> tuple[str, f
     """(method, mean cosine) of ``teacher`` for the gate; the first ranked method by default."""
     entries = [e for e in report.ranking if e.teacher == teacher and (method is None or e.method == method)]
     if not entries:
-        raise KeyError(f"teacher {teacher!r}" + (f" with method {method!r}" if method else "") + " is not in the report")
+        raise KeyError(
+            f"teacher {teacher!r}" + (f" with method {method!r}" if method else "") + " is not in the report"
+        )
     return entries[0].method, entries[0].mean_cosine

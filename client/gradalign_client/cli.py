@@ -1,12 +1,13 @@
 """The ``gradalign`` command line.
 
     gradalign vet --server HOST:PORT --dataset FILE.jsonl --teachers a,b [...]   vet teachers on a server
-    gradalign health --server HOST:PORT                                          SERVING? (exit 0) or not (1)
-    gradalign models --server HOST:PORT                                          list the loaded models
-    gradalign serve --config CONFIG.toml [...]                                   run a server   (extra: server)
-    gradalign analyze ...                                                        in-process run (extra: engine)
-    gradalign study [--config STUDY.toml]                                        the paper's study (extra: engine)
-    gradalign demo [...]                                                         end-to-end demo on this CPU (extra: server)
+    gradalign health --server HOST:PORT                  SERVING? (exit 0) or not (1)
+    gradalign models --server HOST:PORT                  list the loaded models
+    gradalign serve --config CONFIG.toml [...]           run a server              (extra: server)
+    gradalign analyze ...                                in-process run            (extra: engine)
+    gradalign study [--config STUDY.toml]                the paper's study         (extra: engine)
+    gradalign demo [...]                                 end-to-end demo on this CPU (extra: server)
+    gradalign export --db STORE --out FILE.jsonl         a server's stored records (extra: server)
 
 Only the light client is imported here; ``serve``, ``analyze`` and ``demo`` import the engine lazily
 and say which extra to install when it is missing.
@@ -21,9 +22,10 @@ import argparse
 import json
 import math
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ._errors import GradalignError
+from .canonical import json_line
 
 __all__ = ["main"]
 
@@ -35,6 +37,7 @@ _DELEGATED = {
     "analyze": ("gradalign_engine.cli", "analyze_main", "engine", "the in-process engine"),
     "study": ("gradalign_engine.cli", "study_main", "engine", "the paper's study on a real model"),
     "demo": ("gradalign_server.demo", "main", "server", "the demo (it runs a server in-process)"),
+    "export": ("gradalign_server.export", "main", "server", "the export of a server's stored records"),
 }
 
 
@@ -66,7 +69,9 @@ def _progress() -> tuple[Callable, Callable[[], None]]:
         if result is None:
             note = "building trees"
         else:
-            note = f"{result.question_id}: {result.summary.correct}/{result.summary.rollouts} correct" + (" (cached)" if result.summary.cache_hit else "")
+            note = f"{result.question_id}: {result.summary.correct}/{result.summary.rollouts} correct" + (
+                " (cached)" if result.summary.cache_hit else ""
+            )
         if tqdm is not None:
             bar = state.get("bar")
             if bar is None:
@@ -125,7 +130,9 @@ def cmd_vet(args: argparse.Namespace) -> int:
                 update(done, total, result)
 
         try:
-            report = client.vet(args.dataset, teachers, methods, args.limit, progress, settings=settings or None, seed=args.seed)
+            report = client.vet(
+                args.dataset, teachers, methods, args.limit, progress, settings=settings or None, seed=args.seed
+            )
         finally:
             close()
         sys.stdout.write(_table.format_table(report))
@@ -136,7 +143,7 @@ def cmd_vet(args: argparse.Namespace) -> int:
             count = 0
             with open(args.out, "w", encoding="utf-8") as fh:
                 for record in client.stream_alignments(trees, teachers, methods, include_skipped=True):
-                    fh.write(json.dumps(record.to_dict()) + "\n")
+                    fh.write(json_line(record.to_dict()) + "\n")
                     count += 1
             print(f"{count} records written to {args.out}", file=sys.stderr)
     if args.fail_below is not None:
@@ -147,9 +154,14 @@ def cmd_vet(args: argparse.Namespace) -> int:
             print(f"gradalign vet: gate: {exc.args[0]}", file=sys.stderr)
             return EXIT_GATE
         if math.isnan(value) or value < args.fail_below:
-            print(f"gradalign vet: gate failed: {gate_teacher} ({method}) mean alignment {value:.4f} < {args.fail_below}", file=sys.stderr)
+            print(
+                f"gradalign vet: gate failed: {gate_teacher} ({method}) mean alignment {value:.4f} < {args.fail_below}",
+                file=sys.stderr,
+            )
             return EXIT_GATE
-        print(f"gate passed: {gate_teacher} ({method}) mean alignment {value:.4f} >= {args.fail_below}", file=sys.stderr)
+        print(
+            f"gate passed: {gate_teacher} ({method}) mean alignment {value:.4f} >= {args.fail_below}", file=sys.stderr
+        )
     return EXIT_OK
 
 
@@ -170,7 +182,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     width = max(len(m.name) for m in models)
     for m in models:
         kind = m.kind + (f"/{m.context}" if m.context else "")
-        print(f"{m.role:<8} {m.name:<{width}}  {kind:<26} {m.backend:<5} {m.dtype:<9} {m.device:<7} model {m.model_hash[:12]}  tokenizer {m.tokenizer_hash[:12]}")
+        print(
+            f"{m.role:<8} {m.name:<{width}}  {kind:<26} {m.backend:<5} {m.dtype:<9} {m.device:<7} model "
+            f"{m.model_hash[:12]}  tokenizer {m.tokenizer_hash[:12]}"
+        )
     return EXIT_OK
 
 
@@ -181,43 +196,86 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Also: 'gradalign serve --config C.toml' (server), 'gradalign analyze ...' (in-process), "
         "'gradalign demo' (end-to-end demo on this machine); each takes --help.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{vet,health,models,serve,analyze,study,demo}")
-
-    def connection(p: argparse.ArgumentParser, timeout: float | None) -> None:
-        p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of a gradalign server")
-        p.add_argument("--token", default=None, help="bearer token, when the server was started with --token")
-        p.add_argument("--timeout", type=float, default=timeout, help="deadline of each call in seconds (default %(default)s)")
-
-    vet = sub.add_parser("vet", help="build trees for a dataset on a server and rank the teachers")
-    connection(vet, 3600.0)
-    vet.add_argument("--dataset", required=True, metavar="FILE.jsonl", help="questions, one JSON object per line (id, question, answer, ...)")
-    vet.add_argument("--teachers", default=None, metavar="A,B", help="teachers to vet (default: every loaded teacher); the first is gated")
-    vet.add_argument("--methods", default=None, metavar="M,N", help="forward_kl, reverse_kl, jsd, single_sample, minillm (default: the server's)")
-    vet.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N questions")
-    vet.add_argument("--rollouts", type=int, default=None, metavar="G", help="base rollouts per question (default: the server's)")
-    vet.add_argument("--max-new-tokens", type=int, default=None, metavar="T", help="completion length (default: the server's)")
-    vet.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any rollout or sampling setting, repeatable (e.g. continuations=2)")
-    vet.add_argument("--seed", type=int, default=None, help="seed of every random choice (default: the server's)")
-    vet.add_argument("--out", default=None, metavar="records.jsonl", help="also write every alignment record (skipped nodes included)")
-    vet.add_argument("--csv", default=None, metavar="table.csv", help="also write the ranked table as CSV")
-    vet.add_argument("--fail-below", type=float, default=None, metavar="X", help="exit 3 when the gated teacher's mean alignment is below X")
-    vet.add_argument("--fail-teacher", default=None, metavar="NAME", help="teacher the gate checks (default: the first of --teachers)")
-    vet.add_argument("--method-for-gate", default=None, metavar="M", help="method the gate checks (default: the first ranked method)")
-    vet.add_argument("--quiet", action="store_true", help="no progress bar")
-    vet.set_defaults(func=cmd_vet)
-
+    sub = parser.add_subparsers(dest="command", metavar="{vet,health,models,serve,analyze,study,demo,export}")
+    _add_vet(sub)
     health = sub.add_parser("health", help="print the server's health (exit 0 when SERVING)")
-    connection(health, 5.0)
+    _add_connection(health, 5.0)
     health.add_argument("--service", default="", help="service name ('' = the whole server)")
     health.set_defaults(func=cmd_health)
-
     models = sub.add_parser("models", help="list the server's student and teachers")
-    connection(models, 30.0)
+    _add_connection(models, 30.0)
     models.set_defaults(func=cmd_models)
-
     for name, (_, _, extra, what) in _DELEGATED.items():
         sub.add_parser(name, help=f"{what} (needs gradalign[{extra}]); see 'gradalign {name} --help'", add_help=False)
     return parser
+
+
+def _add_connection(p: argparse.ArgumentParser, timeout: float | None) -> None:
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of a gradalign server")
+    p.add_argument("--token", default=None, help="bearer token, when the server was started with --token")
+    p.add_argument(
+        "--timeout", type=float, default=timeout, help="deadline of each call in seconds (default %(default)s)"
+    )
+
+
+def _add_vet(sub) -> None:
+    vet = sub.add_parser("vet", help="build trees for a dataset on a server and rank the teachers")
+    _add_connection(vet, 3600.0)
+    add = vet.add_argument
+    add(
+        "--dataset",
+        required=True,
+        metavar="FILE.jsonl",
+        help="questions, one JSON object per line (id, question, answer, ...)",
+    )
+    add(
+        "--teachers",
+        default=None,
+        metavar="A,B",
+        help="teachers to vet (default: every loaded teacher); the first is gated",
+    )
+    add(
+        "--methods",
+        default=None,
+        metavar="M,N",
+        help="forward_kl, reverse_kl, jsd, single_sample, minillm (default: the server's)",
+    )
+    add("--limit", type=int, default=None, metavar="N", help="use the first N questions")
+    add("--rollouts", type=int, default=None, metavar="G", help="base rollouts per question (default: the server's)")
+    add("--max-new-tokens", type=int, default=None, metavar="T", help="completion length (default: the server's)")
+    add(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any rollout or sampling setting, repeatable (e.g. continuations=2)",
+    )
+    add("--seed", type=int, default=None, help="seed of every random choice (default: the server's)")
+    add(
+        "--out",
+        default=None,
+        metavar="records.jsonl",
+        help="also write every alignment record (skipped nodes included)",
+    )
+    add("--csv", default=None, metavar="table.csv", help="also write the ranked table as CSV")
+    add(
+        "--fail-below",
+        type=float,
+        default=None,
+        metavar="X",
+        help="exit 3 when the gated teacher's mean alignment is below X",
+    )
+    add(
+        "--fail-teacher",
+        default=None,
+        metavar="NAME",
+        help="teacher the gate checks (default: the first of --teachers)",
+    )
+    add(
+        "--method-for-gate", default=None, metavar="M", help="method the gate checks (default: the first ranked method)"
+    )
+    add("--quiet", action="store_true", help="no progress bar")
+    vet.set_defaults(func=cmd_vet)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except GradalignError as exc:
         if exc.unreachable:
-            print(f"gradalign: cannot reach a gradalign server at {args.server} ({exc.details.splitlines()[0]}); is 'gradalign serve' running there?", file=sys.stderr)
+            print(
+                f"gradalign: cannot reach a gradalign server at {args.server} ({exc.details.splitlines()[0]}); "
+                f"is 'gradalign serve' running there?",
+                file=sys.stderr,
+            )
             return EXIT_UNREACHABLE
         print(f"gradalign {args.command}: {exc.code}: {exc.details}", file=sys.stderr)
         return EXIT_ERROR

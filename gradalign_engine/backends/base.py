@@ -12,8 +12,9 @@ A backend knows nothing of trees, teachers, verifiers or gRPC. Backends are chos
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ..errors import Cancelled
 

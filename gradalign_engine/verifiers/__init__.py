@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..data import Question
@@ -42,6 +44,8 @@ __all__ = [
     "register_verifier",
     "get_verifier",
     "verifier_names",
+    "unregister_verifier",
+    "scoped_registry",
     "verify",
     "judge",
     "normalize_text",
@@ -60,13 +64,41 @@ def register_verifier(name: str, factory: VerifierFactory, *, replace: bool = Fa
     (unless ``replace``), so that two plug-ins never silently shadow each other.
     """
     if not isinstance(name, str) or not _VERIFIER_NAME.fullmatch(name):
-        raise VerifierError("name", name, "must start with a letter and hold only letters, digits, '_', '.', '-' (at most 64)")
+        raise VerifierError(
+            "name", name, "must start with a letter and hold only letters, digits, '_', '.', '-' (at most 64)"
+        )
     if not callable(factory):
         raise VerifierError("factory", factory, f"the factory of verifier {name!r} must be callable")
     with _REGISTRY_LOCK:
         if name in _REGISTRY and not replace:
-            raise VerifierError("name", name, "a verifier of that name is already registered; pass replace=True to override")
+            raise VerifierError(
+                "name", name, "a verifier of that name is already registered; pass replace=True to override"
+            )
         _REGISTRY[name] = factory
+
+
+def unregister_verifier(name: str) -> None:
+    """Remove ``name`` from the registry; UnknownVerifierError when it is not registered."""
+    with _REGISTRY_LOCK:
+        if name not in _REGISTRY:
+            raise UnknownVerifierError(name, sorted(_REGISTRY))
+        del _REGISTRY[name]
+
+
+@contextmanager
+def scoped_registry() -> Iterator[None]:
+    """Within the block, registrations and removals are local: the registry is restored on exit.
+
+    For tests and for tools that try a plug-in without leaving it behind.
+    """
+    with _REGISTRY_LOCK:
+        saved = dict(_REGISTRY)
+    try:
+        yield
+    finally:
+        with _REGISTRY_LOCK:
+            _REGISTRY.clear()
+            _REGISTRY.update(saved)
 
 
 def verifier_names() -> list[str]:
@@ -90,7 +122,9 @@ def get_verifier(name: str, **options: Any) -> Verifier:
     except TypeError as exc:  # a missing or unexpected keyword: the caller's options are wrong
         raise VerifierError(f"{name} options", options, f"rejected by the {name} verifier: {exc}") from exc
     if not isinstance(verifier, Verifier):
-        raise VerifierError("factory", factory, f"the factory of verifier {name!r} returned {verifier!r}, which has no name and check()")
+        raise VerifierError(
+            "factory", factory, f"the factory of verifier {name!r} returned {verifier!r}, which has no name and check()"
+        )
     return verifier
 
 

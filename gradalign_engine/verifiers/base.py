@@ -5,14 +5,23 @@ Knows nothing of models, tokens or prompts: a verifier sees the completion text 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..data import Question
 from ..errors import GradalignError
 
-__all__ = ["VerifierError", "UnknownVerifierError", "VerifyResult", "Verifier", "VerifierFactory",
-           "require_str", "reject_unknown_options", "judge"]
+__all__ = [
+    "VerifierError",
+    "UnknownVerifierError",
+    "VerifyResult",
+    "Verifier",
+    "VerifierFactory",
+    "require_str",
+    "reject_unknown_options",
+    "judge",
+]
 
 
 class VerifierError(GradalignError, ValueError):

@@ -58,8 +58,11 @@ class ChoiceVerifier:
         letters = self._letters_for(question)
         reference = question.answer.strip().upper()
         if len(reference) != 1 or reference not in letters:
-            raise VerifierError("answer", question.answer,
-                                f"question {question.id!r}: the choice verifier needs a letter answer among {letters}")
+            raise VerifierError(
+                "answer",
+                question.answer,
+                f"question {question.id!r}: the choice verifier needs a letter answer among {letters}",
+            )
 
     def read(self, completion_text: str, question: Question) -> tuple[str | None, str | None]:
         """(letter, None) or (None, reason)."""
@@ -93,7 +96,9 @@ class _Reader:
         # An option written as an item of a list: "A. text" at a line's start (also "1. A. text"), or after
         # ", " / "; " / "A) " on one line ("A - x, B - y", "A) B) C)").
         self.item = re.compile(
-            r"(?:^[ \t*_>-]*(?:\d{1,2}[.)][ \t]+)?|(?<=, )|(?<=; )|(?<=[A-Z]\) ))\(?([" + letters + r"])(?:[.)]|\s+-)(?=\s|$)",
+            r"(?:^[ \t*_>-]*(?:\d{1,2}[.)][ \t]+)?|(?<=, )|(?<=; )|(?<=[A-Z]\) ))\(?(["
+            + letters
+            + r"])(?:[.)]|\s+-)(?=\s|$)",
             re.MULTILINE,
         )
         # A short sentence that is a lettered option: "... in your problem. D. melting."
@@ -130,7 +135,9 @@ class _Reader:
             lead = enumerated.end()
         lower = re.match(r"([a-e])[.)]\s", self.text[lead:])
         if lower and lower.group(1).upper() in self.letters:  # "d. planting flowers"
-            c = self._identify(lead, start=lead, text=self.text[lead:].replace(lower.group(1), lower.group(1).upper(), 1))
+            c = self._identify(
+                lead, start=lead, text=self.text[lead:].replace(lower.group(1), lower.group(1).upper(), 1)
+            )
         else:
             c = self._identify(lead, start=lead)
         return [c] if c is not None else []
@@ -155,8 +162,12 @@ class _Reader:
         spans, i = [], 0
         while i < len(items):
             j = i
-            while j + 1 < len(items) and items[j + 1][0] > items[j][0] and not _PHRASE.search(self.text, items[j][1] + 2, items[j + 1][1]):
-                if self.text[items[j][1]: items[j + 1][1]].count("\n") > 2:
+            while (
+                j + 1 < len(items)
+                and items[j + 1][0] > items[j][0]
+                and not _PHRASE.search(self.text, items[j][1] + 2, items[j + 1][1])
+            ):
+                if self.text[items[j][1] : items[j + 1][1]].count("\n") > 2:
                     break  # two blank lines end a list
                 j += 1
             if j > i:
@@ -175,16 +186,25 @@ class _Reader:
         letter = self.letter.match(rest)
         if letter is not None and _article(rest, letter.end(), by_text is not None):
             letter = None  # "A compound", "A Punnett square is ...": the article, not option A
-        if letter is not None and by_text is not None and words(rest) == self.options[by_text] and by_text != letter.group(1):
+        if (
+            letter is not None
+            and by_text is not None
+            and words(rest) == self.options[by_text]
+            and by_text != letter.group(1)
+        ):
             letter = None  # the whole text is an option's ("C?H??O?" is option A, not letter C)
         if letter is None:
             return Commitment(by_text, start, at + len(rest)) if by_text else None
         value = letter.group(1)
-        after = rest[letter.end():].lstrip(" .:)-*_")
+        after = rest[letter.end() :].lstrip(" .:)-*_")
         tail = self._option_by_text(after)
         if tail is not None and tail != value:
-            return Commitment(None, start, at + len(rest), conflict=f"letter and text disagree: {value} and the text of {tail}")
-        second = re.match(r"\s*\(([" + self.letters + r"])\)", after[len(self.options.get(value, "")):]) if tail else None
+            return Commitment(
+                None, start, at + len(rest), conflict=f"letter and text disagree: {value} and the text of {tail}"
+            )
+        second = (
+            re.match(r"\s*\(([" + self.letters + r"])\)", after[len(self.options.get(value, "")) :]) if tail else None
+        )
         if second and second.group(1) != value:  # "A. the soil (D): ..." names two letters at once
             return Commitment(None, start, at + len(rest), conflict=f"several answers: {value}, {second.group(1)}")
         return Commitment(value, start, at + letter.end())
@@ -212,7 +232,7 @@ class _Reader:
 def _article(rest: str, letter_end: int, names_option: bool) -> bool:
     """An "A" then a space and a word is the article ("A plant needs ...", "A Punnett square" when that
     is an option's text), unless the word joins a letter to an explanation ("A because ...")."""
-    if rest[letter_end - 1: letter_end] != "A" or rest[letter_end: letter_end + 1] != " ":
+    if rest[letter_end - 1 : letter_end] != "A" or rest[letter_end : letter_end + 1] != " ":
         return False
     word = re.match(r" (\w+)", rest[letter_end:])
     if word is None or word.group(1).lower() in _CONNECTIVES:

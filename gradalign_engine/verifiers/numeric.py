@@ -28,11 +28,19 @@ _NUMBER = re.compile(
     r"-?(?:(?:\d+(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
     r"(?:/\d+(?!\d|\.\d))?(?!:\d)"
 )
-_WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
+_WORDS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen twenty".split()
+    )
+}
 _WORDS.update({w: 10 * (i + 3) for i, w in enumerate("thirty forty fifty sixty seventy eighty ninety".split())})
-_NUMBER_WORD = re.compile(r"(?i)\b(" + "|".join(sorted(_WORDS, key=len, reverse=True)) + r")(?:[- ](one|two|three|four|five|six|seven|eight|nine))?\b")
+_NUMBER_WORD = re.compile(
+    r"(?i)\b("
+    + "|".join(sorted(_WORDS, key=len, reverse=True))
+    + r")(?:[- ](one|two|three|four|five|six|seven|eight|nine))?\b"
+)
 _REFERENCE_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
 _CALCULATOR = re.compile(r"<<[^<>\n]*>>")  # GSM8K annotations: "$<<9*2=18>>18"
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -41,11 +49,15 @@ _PHRASE = re.compile(
     r"(?i)(?:\b(?:the\s+)?(?:(?:correct|right|final|total)\s+)?answer\b(?:\s+to\s+(?:this|the)\s+(?:question|problem))?"
     r"(?:\s+(?:here|simply|actually|then|now))?\s*(?:would\s+be|will\s+be|should\s+be|is|was|=|:)|####)[\s*_\"'“‘:]*"
 )
-_IS_ANSWER = re.compile(r"(?i)\s+(?:is|was)\s+(?:the\s+)?(?:correct\s+|right\s+|final\s+)?answer\b(?!\s+(?:to|of|for)\b)")
+_IS_ANSWER = re.compile(
+    r"(?i)\s+(?:is|was)\s+(?:the\s+)?(?:correct\s+|right\s+|final\s+)?answer\b(?!\s+(?:to|of|for)\b)"
+)
 _SENTENCE_END = re.compile(r"[.!?;](?=\s|$)|\n")  # a "." inside "9.8" is not followed by a space
 # An unsolved equation has a variable: "10x", "2n" (a coefficient glued to it), or a lone x/y/n in the
 # working that is not the "x" of a product between two numbers ("18 x 41").
-_VARIABLE_EQUATION = re.compile(r"\d[xyznN]\b|(?<![\d.]\s)(?<![\d.])\b[xyzn]\b(?!\s*\d)|(?<=[*+/-]\s)[xyzn]\b|\b[yzn]\s*[*+/-]")
+_VARIABLE_EQUATION = re.compile(
+    r"\d[xyznN]\b|(?<![\d.]\s)(?<![\d.])\b[xyzn]\b(?!\s*\d)|(?<=[*+/-]\s)[xyzn]\b|\b[yzn]\s*[*+/-]"
+)
 _OPERATOR = re.compile(r"[+*/×÷=]|\s[-x]\s|\d\s*-\s*\d")
 _RESULT_VERB = re.compile(r"(?i)\b(?:which|that|this)\s+(?:is|are|was|were|makes|gives|equals)\b")
 
@@ -79,7 +91,7 @@ def _first_number(text: str) -> tuple[str, int, int] | None:
 
 def _sentence(text: str, start: int) -> str:
     end = _SENTENCE_END.search(text, start)
-    return text[start: end.start() if end else len(text)]
+    return text[start : end.start() if end else len(text)]
 
 
 def _result_of(span: str) -> str | None:
@@ -133,10 +145,14 @@ class _Reader:
             if value is not None:
                 out.append(Commitment(value, match.start(), match.end() + len(span)))
         for match in _IS_ANSWER.finditer(self.text):  # "94.2% is the answer", "= 80g, which is the answer"
-            head = self.text[self.text.rfind("\n", 0, match.start()) + 1: match.start()]
+            head = self.text[self.text.rfind("\n", 0, match.start()) + 1 : match.start()]
             last = list(_NUMBER.finditer(head))
-            if last and re.fullmatch(r"[ %*_]*(?:[a-zA-Z]{1,3})?\s*,?\s*(?:which|that)?\s*", head[last[-1].end():]):
-                out.append(Commitment(last[-1].group(0).replace(",", ""), match.start() - len(head) + last[-1].start(), match.end()))
+            if last and re.fullmatch(r"[ %*_]*(?:[a-zA-Z]{1,3})?\s*,?\s*(?:which|that)?\s*", head[last[-1].end() :]):
+                out.append(
+                    Commitment(
+                        last[-1].group(0).replace(",", ""), match.start() - len(head) + last[-1].start(), match.end()
+                    )
+                )
         return out
 
     def _opening(self) -> list[Commitment]:
@@ -147,7 +163,7 @@ class _Reader:
         others = _NUMBER.findall(line) + [m.group(0) for m in _NUMBER_WORD.finditer(line)]
         if found is None or found[1] != 0 or _OPERATOR.search(line) or len(others) > 1:
             return []  # no number first, or working ("20 / 1.5 = 15 minutes"), or a row of numbers
-        following = self.text[lead + len(line):].lstrip("\n").split("\n", 1)[0]
+        following = self.text[lead + len(line) :].lstrip("\n").split("\n", 1)[0]
         if _NUMBER.fullmatch(following.strip()):
             return []  # "1\n1\n2\n4 ...": a list of numbers, not an answer
         return [Commitment(found[0], lead, lead + found[2])]
@@ -164,7 +180,7 @@ class _Reader:
         if not re.search(r"[A-Za-z]{3,}", last) or _first_number(last) is None:
             return []  # "3 - 25 = 18" alone states no quantity
         verb = list(_RESULT_VERB.finditer(last))
-        span = last[verb[-1].end():] if verb and "=" not in last else last
+        span = last[verb[-1].end() :] if verb and "=" not in last else last
         value = _result_of(span)
         if value is None or not self._about_the_question(last):
             return []
@@ -185,17 +201,27 @@ class _Reader:
 
 
 _CONCLUSION = re.compile(r"(?i)\s*(?:so|therefore|thus|hence|in\s+total|in\s+all|altogether|finally|the\s+total)\b")
-_HOW = re.compile(r"(?i)\bhow\s+(?:many|much)\s+((?:[a-z'-]+\s+){0,4}?)(?:did|does|do|will|would|are|is|were|was|can|could|should|has|have|had|must)\b")
-_STOP = frozenset("the and for are was were that this with from have has had does did what which when where who how many "
-                  "much you your they them their there here its his her she him can could would should will then than into "
-                  "about also all some more most each only just very in on of to at by or as a an be is it do if".split())
+_HOW = re.compile(
+    r"(?i)\bhow\s+(?:many|much)\s+((?:[a-z'-]+\s+){0,4}?)(?:did|does|do|will|would|are|is|were|was|can|could|should|has|have|had|must)\b"
+)
+_STOP = frozenset(
+    "the and for are was were that this with from have has had does did what which when where who how many "
+    "much you your they them their there here its his her she him can could would should will then than into "
+    "about also all some more most each only just very in on of to at by or as a an be is it do if".split()
+)
 
 
 def _stems(text: str) -> set[str]:
     out = set()
     for word in re.findall(r"[a-z]{2,}", text.casefold()):
         if word not in _STOP:
-            out.add(word[:-3] + "y" if word.endswith("ies") else word[:-1] if word.endswith("s") and not word.endswith("ss") else word)
+            out.add(
+                word[:-3] + "y"
+                if word.endswith("ies")
+                else word[:-1]
+                if word.endswith("s") and not word.endswith("ss")
+                else word
+            )
     return out
 
 
@@ -249,7 +275,9 @@ class NumericVerifier:
         cleaned = answer.strip().replace(",", "").replace("$", "").rstrip(".%").strip()
         value = number_value(cleaned) if _REFERENCE_NUMBER.fullmatch(cleaned) else None
         if value is None:
-            raise VerifierError("answer", answer, f"question {question.id!r}: the numeric verifier needs a numeric reference answer")
+            raise VerifierError(
+                "answer", answer, f"question {question.id!r}: the numeric verifier needs a numeric reference answer"
+            )
         return value
 
     def validate(self, question: Question) -> None:

@@ -14,10 +14,19 @@ Pure functions of text; no models, no questions' reference answers.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
-__all__ = ["Commitment", "decide", "discounted", "readable_part", "normalize_text", "words", "NO_ANSWER", "corrected_between"]
+__all__ = [
+    "Commitment",
+    "decide",
+    "discounted",
+    "readable_part",
+    "normalize_text",
+    "words",
+    "NO_ANSWER",
+    "corrected_between",
+]
 
 NO_ANSWER = "no answer"
 
@@ -30,18 +39,24 @@ _FOLLOW_UP = re.compile(
 _ECHO = re.compile(
     r"(?i)\b(?:end|ending|finish|finishing|conclude|concluding)\s+with\s*[:,]?\s*[\"“'‘]?\s*the\s+answer\s+is\b[^\"”'’\n]*[\"”'’]?"
 )
-_INSTRUCTION = re.compile(r"(?i)\b(?:solve\s+it\s+briefly|answer\s+with\s+the\s+letter\s+of\s+the\s+correct\s+choice|answer\s+yes\s+or\s+no)\b[^\n]*")
+_INSTRUCTION = re.compile(
+    r"(?i)\b(?:solve\s+it\s+briefly|answer\s+with\s+the\s+letter\s+of\s+the\s+correct\s+choice|answer\s+yes\s+or\s+no)\b[^\n]*"
+)
 # Reported speech: 'you replied: "The answer is yes."' is someone else's answer.
 _REPORTED = re.compile(
     r"(?i)\b(?:replied|replies|reply|said|says|say|asked|asks|told|tells|wrote|writes|answered|answers|marked|"
     r"respond|responds|responded|with\s+either|either)\b[ \t:,]*[\"“]([^\"”\n]*)[\"”]"
 )
 # Negated speech: 'I don't respond with either "..." or "The answer is no."' commits to nothing it quotes.
-_NEGATED_SPEECH = re.compile(r"(?i)\b(?:don't|do\s+not|won't|will\s+not|never|cannot|can't)\s+(?:respond|say|answer|reply|write)\b[^.!?\n]*")
+_NEGATED_SPEECH = re.compile(
+    r"(?i)\b(?:don't|do\s+not|won't|will\s+not|never|cannot|can't)\s+(?:respond|say|answer|reply|write)\b[^.!?\n]*"
+)
 # The instruction's placeholder echoed: "The answer is N." / "The answer is X." names nothing.
 _PLACEHOLDER = re.compile(r"(?i)\bthe\s+answer\s+is\s*[:\"“'*]*\s*[NX]\b[\s\"”'*]*[.!]?")
 # An answer called wrong, or someone else's: "The answer "yes" is misleading", "the previous answer was 7".
-_REJECTED = re.compile(r"(?i)[\s\"”'*.,)]*(?:is|was|would\s+be|seems)\s+(?:misleading|wrong|incorrect|not\s+correct|not\s+right|false|a\s+lie)")
+_REJECTED = re.compile(
+    r"(?i)[\s\"”'*.,)]*(?:is|was|would\s+be|seems)\s+(?:misleading|wrong|incorrect|not\s+correct|not\s+right|false|a\s+lie)"
+)
 _DISCOUNTED = re.compile(
     r"(?i)\b(?:your|previous|other|another|possible|alternative|wrong|incorrect|original|sample|example)\b"
     r"(?:[ \t]+[\w-]+){0,3}?[ \t]+(?:answer|choice|option)\b"
@@ -81,7 +96,7 @@ def readable_part(text: str, question: str | None = None) -> str:
     text = _blank(text, _REPORTED, group=1)
     for match in _NEGATED_SPEECH.finditer(text):
         quoted = re.sub(r"[\"“][^\"”]*[\"”]?", lambda m: " " * len(m.group(0)), match.group(0))
-        text = text[: match.start()] + quoted + text[match.end():]
+        text = text[: match.start()] + quoted + text[match.end() :]
     cut = len(text)
     for match in _FOLLOW_UP.finditer(text):
         if text[: match.start()].strip():  # a question restated at the very start is not a follow-up
@@ -114,7 +129,7 @@ def _blank(text: str, pattern: re.Pattern[str], group: int = 0) -> str:
     """``text`` with each match's ``group`` replaced by spaces (offsets stay valid)."""
     chars = list(text)
     for match in pattern.finditer(text):
-        chars[match.start(group): match.end(group)] = " " * (match.end(group) - match.start(group))
+        chars[match.start(group) : match.end(group)] = " " * (match.end(group) - match.start(group))
     return "".join(chars)
 
 

@@ -24,7 +24,7 @@ def final_answer_text(text: str) -> str:
     """The text after the last answer phrase, up to the end of its line (else the whole completion)."""
     spans = []
     for match in _ANSWER_PHRASE.finditer(text):
-        rest = text[match.end():].lstrip(" \t:")
+        rest = text[match.end() :].lstrip(" \t:")
         rest = rest.lstrip("\r\n") if rest[:1] in ("\r", "\n") else rest  # "The answer is:\nParis"
         spans.append(rest.split("\n", 1)[0].strip())
     return spans[-1] if spans else text
@@ -43,7 +43,9 @@ class ExactVerifier:
         require_str("completion_text", completion_text)
         raw = final_answer_text(completion_text).strip()
         final = normalize_text(raw)
-        return VerifyResult(final != "" and final == normalize_text(question.answer), raw or None, None if raw else NO_ANSWER)
+        return VerifyResult(
+            final != "" and final == normalize_text(question.answer), raw or None, None if raw else NO_ANSWER
+        )
 
 
 class RegexVerifier:

@@ -18,7 +18,10 @@ from .reading import Commitment, decide, readable_part
 __all__ = ["YesNoVerifier", "YES_NO"]
 
 YES_NO = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
-_HEDGES = r"(?:simply|indeed|definitely|clearly|probably|likely|most\s+likely|possibly|certainly|surely|obviously|absolutely|a)"
+_HEDGES = (
+    r"(?:simply|indeed|definitely|clearly|probably|likely|most\s+likely|possibly|certainly|surely|obviously|"
+    r"absolutely|a)"
+)
 _PHRASE = re.compile(
     r"(?i)\b(?:the\s+)?(?:(?:correct|right|short|final|simple|real|true)\s+)?answer"
     r"(?:\s+(?:to\s+(?:this|the|your|that)\s+question|here))?(?:\s+" + _HEDGES + r")?"
@@ -26,7 +29,9 @@ _PHRASE = re.compile(
     r"(?:" + _HEDGES + r"\s+)?[\s\"'“‘*_(\[:]*(yes|no|true|false)\b"
 )
 # "So yes", "Therefore, no": a conclusion that opens with the answer.
-_CONCLUDES = re.compile(r"(?im)(?:^|(?<=[.!?;]\s))[\s*_]*(?:so|therefore|thus|hence|in\s+short|in\s+conclusion)\s*,?\s*(yes|no)\b")
+_CONCLUDES = re.compile(
+    r"(?im)(?:^|(?<=[.!?;]\s))[\s*_]*(?:so|therefore|thus|hence|in\s+short|in\s+conclusion)\s*,?\s*(yes|no)\b"
+)
 # A whole first sentence of at most three words that ends in the answer: "Definitely no.", "Pawn : yes".
 _SHORT = re.compile(r"(?i)^[\s*_>\"'“‘]*(?:[\w'-]+\s*[:,]?\s*){0,2}(yes|no)\s*[.!]*[\"”'’*_]*\s*(?:$|\n)")
 _OPENING = re.compile(r"(?i)^[\s*_>\"'“‘(\[-]*(yes|no)\b(?!\s+(?:one|longer|matter|doubt|idea|way|need|problem)\b)")
@@ -39,8 +44,10 @@ _SAME = re.compile(r"(?i)\b(?:same|identical|equivalent)\b")
 _AFFIRMED = re.compile(r"(?i)\bindeed\b")
 _PRONOUN = re.compile(r"(?i)\s*(?:it|they|this|that|these|those)\b")
 _STOP = frozenset(
-    "the and for are was were that this with from have has had does did what which when where who how many much you your "
-    "they them their there here its his her she him can could would should will been being than then into about also any all "
+    "the and for are was were that this with from have has had does did what which when where who how many "
+    "much you your "
+    "they them their there here its his her she him can could would should will been being than then into "
+    "about also any all "
     "not yes some more most such each only just very is be an a of in on to at by or as it do".split()
 )
 
@@ -50,7 +57,13 @@ def _stems(text: str) -> set[str]:
     for word in re.findall(r"[a-z]{3,}", text.casefold()):
         if word in _STOP:
             continue
-        out.add(word[:-3] + "y" if word.endswith("ies") else word[:-1] if word.endswith("s") and not word.endswith("ss") else word)
+        out.add(
+            word[:-3] + "y"
+            if word.endswith("ies")
+            else word[:-1]
+            if word.endswith("s") and not word.endswith("ss")
+            else word
+        )
     return out
 
 
@@ -96,7 +109,9 @@ class YesNoVerifier:
     def validate(self, question: Question) -> None:
         """Refuse a question whose reference answer is not yes/no/true/false (before any sampling)."""
         if YES_NO.get(question.answer.strip().lower()) is None:
-            raise VerifierError("answer", question.answer, f"question {question.id!r}: the yesno verifier needs yes, no, true or false")
+            raise VerifierError(
+                "answer", question.answer, f"question {question.id!r}: the yesno verifier needs yes, no, true or false"
+            )
 
     @staticmethod
     def read(completion_text: str, question: str | None = None) -> tuple[str | None, str | None]:
@@ -114,7 +129,7 @@ class YesNoVerifier:
 
     @classmethod
     def extract(cls, completion_text: str) -> str | None:
-        """"yes", "no" or None."""
+        """ "yes", "no" or None."""
         return cls.read(completion_text)[0]
 
     def check(self, completion_text: str, question: Question, *, truncated: bool = False) -> VerifyResult:

@@ -11,7 +11,8 @@ from ``gradalign_client._proto``: the server depends on the client's stubs, neve
     server.stop(grace=5)
 """
 
-from ._server import SERVICE_NAME, GradalignServer, create_server, main, server_options
-from ._servicer import ServiceLimits
+from ._cli import main
+from ._server import SERVICE_NAME, GradalignServer, create_server, server_options
+from ._service import ServiceLimits
 
 __all__ = ["create_server", "GradalignServer", "ServiceLimits", "main", "server_options", "SERVICE_NAME"]

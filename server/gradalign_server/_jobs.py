@@ -15,9 +15,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from gradalign_engine.backends.base import CancelToken
 from gradalign_engine.errors import Cancelled
@@ -90,7 +91,8 @@ class JobManager:
             if self._queued >= self.max_queue:
                 raise ServiceError(
                     "RESOURCE_EXHAUSTED",
-                    f"job queue full ({self._queued} waiting, {self._running} running; limit {self.max_queue}): retry later",
+                    f"job queue full ({self._queued} waiting, {self._running} running; limit "
+                    f"{self.max_queue}): retry later",
                 )
             self._queued += 1
             self._queue.put(job)

@@ -1,6 +1,6 @@
 """Server assembly and lifecycle: ``create_server`` for tests and embedding, ``main`` for ``gradalign serve``.
 
-Components and threads:
+The command line (``gradalign serve``) is in :mod:`._cli`. Components and threads:
 - a gRPC thread pool serving gradalign.v1.GradAlign, grpc.health.v1 and server reflection;
 - one engine worker thread (:class:`~._jobs.JobManager`) that alone drives the models;
 - a loader thread that builds the engine at start (health says NOT_SERVING until it is done);
@@ -14,15 +14,12 @@ step logged.
 
 from __future__ import annotations
 
-import argparse
 import hmac
-import os
-import signal
-import sys
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import structlog
@@ -32,12 +29,14 @@ from grpc_reflection.v1alpha import reflection
 from gradalign_client._proto.gradalign.v1 import gradalign_pb2 as pb
 from gradalign_client._proto.gradalign.v1 import gradalign_pb2_grpc as pb_grpc
 
+from . import _wire
 from ._jobs import JobManager
 from ._metrics import Metrics
-from ._servicer import EngineState, GradAlignServicer, ServiceLimits
+from ._service import EngineState, GradAlignService, ServiceLimits
+from ._servicer import GradAlignServicer
 from ._store import Store
 
-__all__ = ["GradalignServer", "create_server", "main", "server_options", "SERVICE_NAME"]
+__all__ = ["GradalignServer", "create_server", "server_options", "SERVICE_NAME"]
 
 log = structlog.get_logger("gradalign.server")
 
@@ -118,8 +117,15 @@ def _engine_factory(engine_or_config: Any) -> tuple[Any | None, Callable[[], Any
 class GradalignServer:
     """A running gradalign server (see :func:`create_server`)."""
 
-    def __init__(self, grpc_server: grpc.Server, port: int, address: str, servicer: GradAlignServicer,
-                 health_servicer: health.HealthServicer, owns_engine: bool):
+    def __init__(
+        self,
+        grpc_server: grpc.Server,
+        port: int,
+        address: str,
+        servicer: GradAlignServicer,
+        health_servicer: health.HealthServicer,
+        owns_engine: bool,
+    ):
         self.grpc_server = grpc_server
         self.port = port
         self.address = address
@@ -132,24 +138,28 @@ class GradalignServer:
         self._stop_lock = threading.Lock()
 
     @property
+    def service(self) -> GradAlignService:
+        return self.servicer.service
+
+    @property
     def state(self) -> EngineState:
-        return self.servicer.state
+        return self.service.state
 
     @property
     def engine(self):
-        return self.servicer.state.engine
+        return self.service.state.engine
 
     @property
     def store(self) -> Store:
-        return self.servicer.store
+        return self.service.store
 
     @property
     def jobs(self) -> JobManager:
-        return self.servicer.jobs
+        return self.service.jobs
 
     @property
     def metrics(self) -> Metrics:
-        return self.servicer.metrics
+        return self.service.metrics
 
     def _set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -164,15 +174,17 @@ class GradalignServer:
             self._ready(engine)
         except BaseException as exc:  # noqa: BLE001 - reported through health, RPCs and on_loaded
             error = exc
-            self.servicer.state.error = exc
-            log.error("model_load_failed", error=str(exc), error_type=type(exc).__name__, code=getattr(exc, "code", None))
+            self.service.state.error = exc
+            log.error(
+                "model_load_failed", error=str(exc), error_type=type(exc).__name__, code=getattr(exc, "code", None)
+            )
         finally:
             self._loaded.set()
             if on_loaded is not None:
                 on_loaded(error)
 
     def _ready(self, engine: Any) -> None:
-        self.servicer.state.ready(engine)
+        self.service.state.ready(engine)
         self.metrics.set_models(self.state.models)
         if not self._stopped:
             self._set_serving(True)
@@ -211,6 +223,36 @@ class GradalignServer:
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
+
+
+def _service(db_path: str | Path, max_queue: int, limits: ServiceLimits) -> GradAlignService:
+    """The service layer with its store, job queue and metrics."""
+    metrics = Metrics()
+
+    def on_done(job, seconds: float, error: BaseException | None) -> None:
+        outcome = "ok" if error is None else getattr(error, "code", "error")
+        metrics.job_seconds.labels(kind=job.kind, outcome=outcome).observe(seconds)
+
+    jobs = JobManager(max_queue=max_queue, on_change=metrics.set_jobs, on_done=on_done)
+    store = Store(db_path)
+    return GradAlignService(EngineState(), jobs, store, metrics, limits, _wire.encode_records, _wire.decode_records)
+
+
+def _grpc_server(
+    servicer: GradAlignServicer, token: str | None, workers: int
+) -> tuple[grpc.Server, health.HealthServicer]:
+    """The gRPC server with the API, health and reflection, behind the token check when there is one."""
+    interceptors = [_TokenInterceptor(token)] if token else []
+    grpc_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradalign-rpc"),
+        options=server_options(),
+        interceptors=interceptors,
+    )
+    pb_grpc.add_GradAlignServicer_to_server(servicer, grpc_server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server)
+    return grpc_server, health_servicer
 
 
 def create_server(
@@ -261,28 +303,18 @@ def create_server(
         The started server and the bound port.
     """
     engine, factory = _engine_factory(engine_or_config)
-    metrics = Metrics()
-    jobs = JobManager(max_queue=max_queue, on_change=metrics.set_jobs, on_done=lambda job, seconds, error: metrics.job_seconds.labels(
-        kind=job.kind, outcome="ok" if error is None else getattr(error, "code", "error")).observe(seconds))
-    store = Store(db_path)
-    servicer = GradAlignServicer(EngineState(), jobs, store, metrics, limits or ServiceLimits())
-    interceptors = [_TokenInterceptor(token)] if token else []
-    grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers or max_queue + 8, thread_name_prefix="gradalign-rpc"),
-        options=server_options(),
-        interceptors=interceptors,
-    )
-    pb_grpc.add_GradAlignServicer_to_server(servicer, grpc_server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
-    )
+    service = _service(db_path, max_queue, limits or ServiceLimits())
+    servicer = GradAlignServicer(service)
+    grpc_server, health_servicer = _grpc_server(servicer, token, max_workers or max_queue + 8)
     port = grpc_server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
     server = GradalignServer(
-        grpc_server, port, address, servicer, health_servicer,
+        grpc_server,
+        port,
+        address,
+        servicer,
+        health_servicer,
         owns_engine=close_engine if close_engine is not None else engine is None,
     )
     server._set_serving(False)
@@ -296,86 +328,3 @@ def create_server(
     else:
         threading.Thread(target=server._load, args=(factory, on_loaded), name="gradalign-loader", daemon=True).start()
     return server, port
-
-
-def configure_logging(level: str = "info", json_logs: bool = True) -> None:
-    """structlog to stderr: one JSON object per event (or console lines with ``json_logs=False``)."""
-    import logging
-
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-
-
-def _default_db() -> str:
-    from gradalign_engine.models import cache_dir
-
-    return str(cache_dir() / "server.sqlite")
-
-
-def build_parser(prog: str = "gradalign serve") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Serve gradalign.v1.GradAlign: load the models once, serve many clients.")
-    p.add_argument("--config", required=True, help="run configuration (TOML): student, teachers and default settings")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface; default %(default)s)")
-    p.add_argument("--port", type=int, default=50051, help="gRPC port (0: a free one; default %(default)s)")
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port (0: a free one, logged; -1: off; default %(default)s)")
-    p.add_argument("--db", default=None, help="SQLite store of trees, records and reports (default $GRADALIGN_CACHE/server.sqlite)")
-    p.add_argument("--token", default=os.environ.get("GRADALIGN_TOKEN"), help="require 'authorization: Bearer TOKEN' (default $GRADALIGN_TOKEN; none: open)")
-    p.add_argument("--max-queue", type=int, default=16, help="engine jobs that may wait before RESOURCE_EXHAUSTED (default %(default)s)")
-    p.add_argument("--max-request-tokens", type=int, default=ServiceLimits.max_request_tokens, help="worst-case generated tokens one BuildTree may ask for (default %(default)s)")
-    p.add_argument("--grace", type=float, default=30.0, help="seconds in-flight calls get to finish on SIGTERM (default %(default)s)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--console-logs", action="store_true", help="human-readable logs instead of JSON")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``gradalign serve``: returns 0 after a clean shutdown, 1 when the models fail to load, 2 on a bad config."""
-    args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, json_logs=not args.console_logs)
-    from gradalign_engine.config import load_run_config
-    from gradalign_engine.errors import ConfigError
-
-    try:
-        config = load_run_config(args.config)
-    except ConfigError as exc:
-        print(f"gradalign serve: {args.config}: {exc}", file=sys.stderr)
-        return 2
-    wake, stop = threading.Event(), threading.Event()
-
-    def on_signal(signum, frame):
-        log.info("signal", signal=signal.Signals(signum).name)
-        stop.set()
-        wake.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        server, port = create_server(
-            config, f"{args.host}:{args.port}", args.db or _default_db(), token=args.token, max_queue=args.max_queue,
-            limits=ServiceLimits(max_request_tokens=args.max_request_tokens),
-            metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-            on_loaded=lambda error: wake.set(),
-        )
-    except OSError as exc:
-        print(f"gradalign serve: {exc}", file=sys.stderr)
-        return 2
-    wake.wait()
-    if server.state.error is not None and not stop.is_set():
-        server.stop(grace=0)
-        print(f"gradalign serve: could not load the models: {server.state.error}", file=sys.stderr)
-        return 1
-    if not stop.is_set():
-        log.info("serving", port=port, metrics_port=server.metrics_port)
-        stop.wait()
-    server.stop(grace=args.grace)
-    return 0

@@ -1,9 +1,11 @@
 """SQLite store of trees, per-(tree, teacher, method) records and reports; survives restarts.
 
 Rows are only ever inserted (or replaced by identical deterministic content), never deleted by a
-request, so a bad request cannot lose stored work. Payloads are zlib-compressed JSON: trees as
-``RolloutTree.to_dict()``, records as ``AlignmentRecord.to_dict()`` lists, reports as
-``Report.to_dict()``. The database runs in WAL mode so readers never block the writer.
+request, so a bad request cannot lose stored work. Payloads are zlib-compressed: trees as the JSON of
+``RolloutTree.to_dict()``, reports as the JSON of ``Report.to_dict()``, and records as the opaque bytes
+the service encodes (a ``gradalign.v1.RecordBatch``). The database runs in WAL mode so readers never
+block the writer. A store of schema 1 is upgraded in place: its records and reports (caches derived
+from the trees) are dropped and recomputed on demand; its trees are kept.
 
 One connection guarded by a lock: the service writes a few rows per job, never enough to contend.
 Knows nothing of gRPC or the engine's classes: it stores plain dicts under string keys.
@@ -21,7 +23,7 @@ from typing import Any
 
 __all__ = ["Store", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records are protobuf RecordBatch blobs (1: zlib JSON lists)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,7 +41,7 @@ CREATE TABLE IF NOT EXISTS records (
     analysis_key TEXT NOT NULL,     -- hash of the settings the records depend on
     created REAL NOT NULL,
     count INTEGER NOT NULL,
-    data BLOB NOT NULL,             -- zlib(JSON list of AlignmentRecord.to_dict())
+    data BLOB NOT NULL,             -- zlib(gradalign.v1.RecordBatch bytes)
     PRIMARY KEY (tree_id, teacher, method, analysis_key)
 );
 CREATE TABLE IF NOT EXISTS reports (
@@ -80,7 +82,11 @@ class Store:
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
+            if row is not None and int(row[0]) == 1:  # records were JSON: drop the derived caches, keep the trees
+                self._db.executescript("DROP TABLE records; DROP TABLE reports;")
+                self._db.executescript(_SCHEMA)
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            elif row is None:
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: store schema {row[0]}, this server reads {SCHEMA_VERSION}")
@@ -118,22 +124,31 @@ class Store:
 
     # -- records ---------------------------------------------------------------------------------
 
-    def get_records(self, tree_id: str, teacher: str, method: str, analysis_key: str) -> list[dict[str, Any]] | None:
-        """Stored record dicts of one (tree, teacher, method, settings), or None when not scored."""
+    def get_records(self, tree_id: str, teacher: str, method: str, analysis_key: str) -> bytes | None:
+        """The stored record blob of one (tree, teacher, method, settings), or None when not scored."""
         with self._lock:
             row = self._db.execute(
                 "SELECT data FROM records WHERE tree_id=? AND teacher=? AND method=? AND analysis_key=?",
                 (tree_id, teacher, method, analysis_key),
             ).fetchone()
-        return None if row is None else _unpack(row[0])
+        return None if row is None else zlib.decompress(row[0])
 
-    def put_records(self, tree_id: str, teacher: str, method: str, analysis_key: str, records: list[dict[str, Any]]) -> None:
-        blob = _pack(records)
+    def put_records(
+        self, tree_id: str, teacher: str, method: str, analysis_key: str, blob: bytes, count: int = 0
+    ) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (tree_id, teacher, method, analysis_key, time.time(), len(records), blob),
+                (tree_id, teacher, method, analysis_key, time.time(), count, zlib.compress(blob, 6)),
             )
+
+    def record_blobs(self) -> list[bytes]:
+        """Every stored record blob, in (tree, teacher, method) order (for exports)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT data FROM records ORDER BY tree_id, teacher, method, analysis_key"
+            ).fetchall()
+        return [zlib.decompress(row[0]) for row in rows]
 
     # -- reports ---------------------------------------------------------------------------------
 

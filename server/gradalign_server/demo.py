@@ -27,12 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollouts", type=int, default=6, help="base rollouts per question (default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="completion length (default %(default)s)")
     p.add_argument(
-        "--temperature", type=float, default=0.7,
-        help="student sampling temperature (default %(default)s: at 1.0 a 135M model rarely solves anything, leaving no signal)",
+        "--temperature",
+        type=float,
+        default=0.7,
+        help="student sampling temperature (default %(default)s: at 1.0 a 135M model solves less, leaving less signal)",
     )
     p.add_argument("--nodes-per-path", type=int, default=2, help="analysis nodes per rollout (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=1, help="candidate top-k of the student and each teacher (default %(default)s)")
-    p.add_argument("--continuations", type=int, default=2, help="continuations per forced candidate (default %(default)s)")
+    p.add_argument(
+        "--top-k", type=int, default=1, help="candidate top-k of the student and each teacher (default %(default)s)"
+    )
+    p.add_argument(
+        "--continuations", type=int, default=2, help="continuations per forced candidate (default %(default)s)"
+    )
     p.add_argument("--methods", default="forward_kl,reverse_kl,jsd", help="methods to score (default %(default)s)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed (default %(default)s)")
@@ -62,10 +68,15 @@ def demo_config(args: argparse.Namespace):
         ),
         sampling=SamplingConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens),
         rollouts=RolloutConfig(
-            num_rollouts=args.rollouts, nodes_per_window=1, nodes_per_path=args.nodes_per_path,
-            candidate_top_k=args.top_k, continuations=args.continuations,
+            num_rollouts=args.rollouts,
+            nodes_per_window=1,
+            nodes_per_path=args.nodes_per_path,
+            candidate_top_k=args.top_k,
+            continuations=args.continuations,
         ),
-        analysis=AnalysisConfig(methods=tuple(m for m in args.methods.split(",") if m), bootstrap_samples=args.bootstrap),
+        analysis=AnalysisConfig(
+            methods=tuple(m for m in args.methods.split(",") if m), bootstrap_samples=args.bootstrap
+        ),
         seed=args.seed,
     )
 
@@ -78,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from gradalign_engine.data import bundled_dataset_path
     from gradalign_engine.errors import GradalignError as EngineError
 
-    from ._server import configure_logging, create_server
+    from ._cli import configure_logging
+    from ._server import create_server
 
     configure_logging("info" if args.verbose else "warning", json_logs=False)
     dataset = args.dataset or str(bundled_dataset_path("demo"))
@@ -103,11 +115,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gradalign demo: could not load the model: {exc}", file=sys.stderr)
             return 1
         teachers = [t.name for t in config.teachers]
-        print(f"server on 127.0.0.1:{port}; vetting {args.questions} questions of {dataset} with {', '.join(teachers)}", file=sys.stderr)
+        print(
+            f"server on 127.0.0.1:{port}; vetting {args.questions} questions of {dataset} with {', '.join(teachers)}",
+            file=sys.stderr,
+        )
         update, close = _progress() if not args.quiet else (None, lambda: None)
         with Client(f"127.0.0.1:{port}", timeout=None) as client:
             try:
-                report = client.vet(dataset, teachers, list(config.analysis.methods), args.questions, update, seed=args.seed)
+                report = client.vet(
+                    dataset, teachers, list(config.analysis.methods), args.questions, update, seed=args.seed
+                )
             except GradalignError as exc:
                 print(f"gradalign demo: {exc}", file=sys.stderr)
                 return 1

@@ -51,20 +51,31 @@ def main() -> int:
             picked = rng.sample(questions, count)
             for temperature in TEMPERATURES:
                 requests = [
-                    BranchRequest(prefix=tuple(render_prompt(tok, q, PromptConfig())), n=SAMPLES,
-                                  max_new_tokens=max_new, seed=rng.randrange(2**62))
+                    BranchRequest(
+                        prefix=tuple(render_prompt(tok, q, PromptConfig())),
+                        n=SAMPLES,
+                        max_new_tokens=max_new,
+                        seed=rng.randrange(2**62),
+                    )
                     for q in picked
                 ]
                 outs = backend.generate(requests, temperature=temperature, top_p=1.0, top_k=0)
                 for q, samples in zip(picked, outs):
                     for k, ids in enumerate(samples):
-                        rows.append({
-                            "item": f"{q.id}-t{temperature}-s{k}", "verifier": verifier, "dataset": filename,
-                            "question_id": q.id, "temperature": temperature, "question": q.question,
-                            "choices": list(q.choices), "answer": q.answer,
-                            "completion": tok.decode(ids, skip_special_tokens=True),
-                            "truncated": len(ids) >= max_new and (not ids or ids[-1] not in backend.eos_token_ids),
-                        })
+                        rows.append(
+                            {
+                                "item": f"{q.id}-t{temperature}-s{k}",
+                                "verifier": verifier,
+                                "dataset": filename,
+                                "question_id": q.id,
+                                "temperature": temperature,
+                                "question": q.question,
+                                "choices": list(q.choices),
+                                "answer": q.answer,
+                                "completion": tok.decode(ids, skip_special_tokens=True),
+                                "truncated": len(ids) >= max_new and (not ids or ids[-1] not in backend.eos_token_ids),
+                            }
+                        )
                 print(f"{verifier} {filename} t={temperature}: {len(rows)} completions so far", file=sys.stderr)
     with open(args.out, "w", encoding="utf-8") as fh:
         for row in rows:

@@ -500,6 +500,12 @@ class AlignmentRecord(_message.Message):
     wrong_source: str
     def __init__(self, question_id: _Optional[str] = ..., tree_id: _Optional[str] = ..., rollout_index: _Optional[int] = ..., rollout_correct: _Optional[bool] = ..., depth: _Optional[int] = ..., path_length: _Optional[int] = ..., normalized_depth: _Optional[float] = ..., teacher: _Optional[str] = ..., method: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., ideal: _Optional[_Iterable[float]] = ..., distill: _Optional[_Iterable[float]] = ..., cosine: _Optional[float] = ..., skip_reason: _Optional[str] = ..., ideal_norm: _Optional[float] = ..., distill_norm: _Optional[float] = ..., teacher_advantage: _Optional[float] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., sampled_token_id: _Optional[int] = ..., prefix_token_ids: _Optional[_Iterable[int]] = ..., schema_version: _Optional[int] = ..., extra: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., has_prefix_token_ids: _Optional[bool] = ..., rollout_indices: _Optional[_Iterable[int]] = ..., rollouts_correct: _Optional[int] = ..., demo_source: _Optional[str] = ..., wrong_source: _Optional[str] = ...) -> None: ...
 
+class RecordBatch(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AlignmentRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AlignmentRecord, _Mapping]]] = ...) -> None: ...
+
 class StreamAlignmentsResponse(_message.Message):
     __slots__ = ("record",)
     RECORD_FIELD_NUMBER: _ClassVar[int]

@@ -1,0 +1,276 @@
+"""The HF backend's decoding loop: logical rows over shared physical rows, and the kept sequences.
+
+A chunk of requests is decoded as *logical rows* (request x branch x sample) over *physical rows*
+(one cache row and one forward each): rows whose token histories are identical share a physical row,
+which splits only when its rows sample different tokens. Every distinct prefix is therefore forwarded
+once, whatever the number of branches and samples through it. Each request samples from its own
+seeded generator (inverse-CDF with one uniform per row), so results do not depend on batching.
+
+Kept sequences (:class:`RetainedStore`): a sampled sequence's KV cache and final hidden states, so
+that continuing from any of its prefixes skips the prefill and scoring it needs only the output head.
+
+Knows tensors and a transformers DynamicCache; knows nothing of trees or teachers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .base import BranchRequest, CancelToken
+
+__all__ = ["RetainedStore", "ChunkDecoder", "sample_rows", "select_cache"]
+
+
+class RetainedStore:
+    """Sampled sequences kept for reuse: KV of tokens[:-1] and the hidden state before each completion token.
+
+    Bounded by bytes; the oldest entries go first. Lookups are linear over entries (a few dozen per
+    question), each a C-level tuple comparison.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[int, ...], tuple[int, list, torch.Tensor | None, int]] = OrderedDict()
+        self._bytes = 0
+
+    def add(self, tokens: tuple[int, ...], prefix_len: int, kv: list, hidden: torch.Tensor | None) -> None:
+        size = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
+        size += hidden.numel() * hidden.element_size() if hidden is not None else 0
+        if size > self.max_bytes or tokens in self._entries:
+            return
+        self._entries[tokens] = (prefix_len, kv, hidden, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, (_, _, _, old) = self._entries.popitem(last=False)
+            self._bytes -= old
+
+    def lookup(self, prefix: tuple[int, ...]):
+        """(kv slices, hidden state predicting the next token) for ``prefix``, if a kept sequence covers it."""
+        n = len(prefix)
+        for tokens, (prefix_len, kv, hidden, _) in reversed(self._entries.items()):
+            # Needs KV for all n positions (kv covers len(tokens) - 1) and the hidden after position n - 1.
+            if n < prefix_len or n > len(tokens) - 1 or hidden is None or tokens[:n] != prefix:
+                continue
+            return [(k[:, :n, :], v[:, :n, :]) for k, v in kv], hidden[n - prefix_len]
+        return None
+
+    def hidden_for(self, context: Sequence[int], completion: Sequence[int]) -> torch.Tensor | None:
+        entry = self._entries.get(tuple(context) + tuple(completion))
+        if entry is None or entry[0] != len(context) or entry[2] is None:
+            return None
+        return entry[2]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+def select_cache(cache, select: torch.Tensor) -> None:
+    """Gather cache rows in place (rows may repeat when a physical row splits)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, select)
+        layer.values = layer.values.index_select(0, select)
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    phys: list[int],
+    row_req: list[int],
+    gens: list[torch.Generator],
+    temperature: float,
+    top_p: float,
+    top_k: int,
+) -> list[int]:
+    """One token per logical row, each drawn from its request's generator (batching-independent)."""
+    logits = logits.index_select(0, torch.tensor(phys, device=logits.device))
+    if temperature == 0:
+        return logits.argmax(-1).tolist()
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_p, sorted_idx = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, sorted_idx, sorted_p)
+    # Inverse-CDF sampling with one uniform per row from its request's generator: the same law as
+    # torch.multinomial, batching-independent, and one vectorised search instead of a call per request.
+    uniforms = torch.empty(len(row_req), dtype=torch.float64)
+    by_req: dict[int, list[int]] = {}
+    for b, ri in enumerate(row_req):
+        by_req.setdefault(ri, []).append(b)
+    for ri, rows in by_req.items():
+        uniforms[torch.tensor(rows)] = torch.rand(len(rows), generator=gens[ri], dtype=torch.float64)
+    cdf = probs.double().cumsum(-1)
+    targets = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+    drawn = torch.searchsorted(cdf, targets, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+    return drawn.tolist()
+
+
+@dataclass
+class _Rows:
+    """The logical rows of a chunk: which request and branch each serves, and what it has written."""
+
+    request: list[int] = field(default_factory=list)
+    pending: list[int | None] = field(default_factory=list)  # the forced token still to append
+    limit: list[int] = field(default_factory=list)
+    phys: list[int] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)
+    hiddens: list[list[torch.Tensor]] = field(default_factory=list)
+
+
+# forward(ids, mask, positions, cache) -> (cache, hidden [rows, H], logits [rows, V])
+ForwardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], tuple]
+
+
+class ChunkDecoder:
+    """Decodes one chunk of requests from their prefixes' states (see the module docstring)."""
+
+    def __init__(
+        self, forward: ForwardFn, counters, eos: frozenset[int], device: torch.device, retained: RetainedStore | None
+    ):
+        self.forward, self.counters, self.eos, self.device, self.retained = forward, counters, eos, device, retained
+
+    def run(
+        self,
+        requests: Sequence[BranchRequest],
+        start: ChunkStart,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        cancel: CancelToken | None,
+    ) -> list[list[list[int]]]:
+        rows = self._rows(requests, start.row_of)
+        gens = [torch.Generator(device="cpu").manual_seed(int(req.seed) % (2**63)) for req in requests]
+        cache, mask, next_pos, hidden, logits = start.cache, start.mask, start.mask.sum(-1), start.hidden, start.logits
+        active = [r for r in range(len(rows.request)) if not self._ended_before_sampling(rows, r)]
+        while active:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            choice = self._step_tokens(rows, active, logits, hidden, gens, temperature, top_p, top_k)
+            active = [r for r in active if not self._finished(rows, r, requests, cache, mask)]
+            if not active:
+                break
+            parents, step_tokens = self._regroup(rows, active, choice)
+            if parents != list(range(mask.shape[0])):
+                sel = torch.tensor(parents, device=self.device)
+                select_cache(cache, sel)
+                mask, next_pos = mask.index_select(0, sel), next_pos.index_select(0, sel)
+            mask = torch.cat([mask, torch.ones((len(parents), 1), dtype=mask.dtype, device=self.device)], dim=1)
+            ids = torch.tensor(step_tokens, dtype=torch.long, device=self.device)[:, None]
+            cache, hidden, logits = self.forward(ids, mask, next_pos[:, None], cache)
+            next_pos = next_pos + 1
+        out: list[list[list[int]]] = [[] for _ in requests]
+        for r, ri in enumerate(rows.request):
+            out[ri].append(rows.tokens[r])
+        return out
+
+    @staticmethod
+    def _rows(requests: Sequence[BranchRequest], row_of: dict[tuple[int, ...], int]) -> _Rows:
+        rows = _Rows()
+        for ri, req in enumerate(requests):
+            for forced in req.branches:
+                for _ in range(req.n):
+                    rows.request.append(ri)
+                    rows.pending.append(forced)
+                    rows.limit.append(req.max_new_tokens)
+                    rows.phys.append(row_of[tuple(req.prefix)])
+                    rows.tokens.append([])
+                    rows.hiddens.append([])
+        return rows
+
+    def _ended_before_sampling(self, rows: _Rows, r: int) -> bool:
+        # A forced end-of-sequence token, or no room left, ends the row before any sampling.
+        return rows.limit[r] <= 0 or (rows.pending[r] is not None and rows.pending[r] in self.eos)
+
+    def _step_tokens(
+        self, rows: _Rows, active: list[int], logits, hidden, gens, temperature, top_p, top_k
+    ) -> dict[int, int]:
+        """The next token of every active row: sampled, or the forced token it still owes."""
+        free = [r for r in active if rows.pending[r] is None]
+        choice: dict[int, int] = {}
+        if free:
+            sampled = sample_rows(
+                logits, [rows.phys[r] for r in free], [rows.request[r] for r in free], gens, temperature, top_p, top_k
+            )
+            for r, t in zip(free, sampled):
+                choice[r] = t
+                rows.tokens[r].append(t)
+                if self.retained is not None:
+                    rows.hiddens[r].append(hidden[rows.phys[r]])
+            self.counters.add(generated_tokens=len(free))
+        for r in active:
+            if rows.pending[r] is not None:
+                choice[r], rows.pending[r] = rows.pending[r], None
+        return choice
+
+    def _finished(self, rows: _Rows, r: int, requests, cache, mask) -> bool:
+        generated = rows.tokens[r]
+        if not generated or (len(generated) < rows.limit[r] and generated[-1] not in self.eos):
+            return False
+        if self.retained is not None:
+            # Keep the finished sequence's KV (all but its last token) and its per-token hidden states.
+            phys, prefix = rows.phys[r], requests[rows.request[r]].prefix
+            valid = mask[phys].bool()
+            kv = [
+                (layer.keys[phys][:, valid, :].clone(), layer.values[phys][:, valid, :].clone())
+                for layer in cache.layers
+            ]
+            hiddens = torch.stack(rows.hiddens[r]) if rows.hiddens[r] else None
+            self.retained.add(tuple(prefix) + tuple(generated), len(prefix), kv, hiddens)
+        return True
+
+    @staticmethod
+    def _regroup(rows: _Rows, active: list[int], choice: dict[int, int]) -> tuple[list[int], list[int]]:
+        """New physical rows: one per distinct (parent row, next token)."""
+        new_index: dict[tuple[int, int], int] = {}
+        parents, step_tokens = [], []
+        for r in active:
+            key = (rows.phys[r], choice[r])
+            if key not in new_index:
+                new_index[key] = len(parents)
+                parents.append(rows.phys[r])
+                step_tokens.append(choice[r])
+            rows.phys[r] = new_index[key]
+        return parents, step_tokens
+
+
+@dataclass
+class ChunkStart:
+    """The state decoding starts from: one physical row per distinct prefix."""
+
+    row_of: dict[tuple[int, ...], int]  # prefix -> its physical row
+    cache: object  # a DynamicCache over the left-padded prefixes
+    mask: torch.Tensor  # [rows, width] attention mask
+    hidden: torch.Tensor  # [rows, H]: the hidden state predicting each row's next token
+    logits: torch.Tensor  # [rows, V]
+
+
+def chunk_start(prefixes: list[tuple[int, ...]], states: list, head, model_config, device: torch.device) -> ChunkStart:
+    """Left-pad the prefixes' KV slices into one cache (``states``: per prefix, (kv per layer, hidden))."""
+    from transformers import DynamicCache
+
+    width = max(len(p) for p in prefixes)
+    keys, values = [], []
+    for layer in range(len(states[0][0])):
+        k0 = states[0][0][layer][0]
+        kb = k0.new_zeros((len(prefixes), k0.shape[0], width, k0.shape[2]))
+        vb = kb.clone()
+        for i, (kv, _) in enumerate(states):
+            n = kv[layer][0].shape[1]
+            kb[i, :, width - n :, :] = kv[layer][0]
+            vb[i, :, width - n :, :] = kv[layer][1]
+        keys.append(kb)
+        values.append(vb)
+    cache = DynamicCache(ddp_cache_data=list(zip(keys, values)), config=model_config)
+    mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=device)
+    for i, p in enumerate(prefixes):
+        mask[i, width - len(p) :] = 1
+    hidden = torch.stack([h for _, h in states])
+    return ChunkStart({p: i for i, p in enumerate(prefixes)}, cache, mask, hidden, head(hidden).float())

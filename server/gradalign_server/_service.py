@@ -1,0 +1,306 @@
+"""The service layer: stored work, cache keys, jobs and metrics, between the servicer and the engine.
+
+Plain Python: it takes and returns the engine's types (Question, settings dataclasses, records,
+reports), never protobuf messages or gRPC contexts. For each operation it looks in the store first,
+and otherwise hands the work to the :class:`~._jobs.JobManager`, whose single worker owns the engine;
+then it stores the result and counts it in the metrics. The engine is reached through the typed
+:class:`EngineBoundary`; every cache key comes from the engine (tree ids, record keys) or from
+``gradalign_engine.identity`` (report keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gradalign_engine.aggregate import Report, build_report
+from gradalign_engine.backends.base import CancelToken
+from gradalign_engine.config import AnalysisConfig, RolloutConfig, RunConfig, SamplingConfig
+from gradalign_engine.data import Question
+from gradalign_engine.errors import BudgetError, NotFoundError
+from gradalign_engine.identity import report_key
+from gradalign_engine.records import AlignmentRecord
+from gradalign_engine.resident import ModelEntry
+from gradalign_engine.tree import RolloutTree
+
+from ._jobs import JobManager
+from ._metrics import Metrics
+from ._store import Store
+
+__all__ = ["EngineBoundary", "EngineState", "GradAlignService", "ServiceLimits", "RecordFilter", "check_budget"]
+
+
+class EngineBoundary(Protocol):
+    """What the service needs of an engine (``gradalign_engine.pipeline.Engine`` has it)."""
+
+    config: RunConfig
+
+    def list_models(self) -> list[ModelEntry]: ...
+
+    def receipt(self) -> dict: ...
+
+    def tree_id(
+        self,
+        question: Question,
+        rollouts: RolloutConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        seed: int | None = None,
+        target_teachers: Sequence[str] | None = None,
+    ) -> str: ...
+
+    def records_key(self, teacher: str, analysis: AnalysisConfig | None = None) -> str: ...
+
+    def build_tree(
+        self,
+        question: Question,
+        *,
+        rollouts: RolloutConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        seed: int | None = None,
+        target_teachers: Sequence[str] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> RolloutTree: ...
+
+    def score_tree(
+        self,
+        tree: RolloutTree,
+        teachers: Sequence[str],
+        methods: Sequence[str],
+        *,
+        analysis: AnalysisConfig | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[AlignmentRecord]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What one request may ask of the server."""
+
+    max_request_tokens: int = 50_000_000  # worst-case generated tokens of one BuildTree
+    max_trees_per_request: int = 10_000
+
+
+def check_budget(rollouts: RolloutConfig, sampling: SamplingConfig, max_tokens: int) -> None:
+    """Refuse a request whose worst-case generated tokens exceed ``max_tokens`` (RESOURCE_EXHAUSTED)."""
+    worst = (
+        rollouts.num_rollouts + rollouts.max_continuations + rollouts.adaptive_continuations
+    ) * sampling.max_new_tokens
+    if worst > max_tokens:
+        raise BudgetError(
+            f"worst case {worst} generated tokens (num_rollouts + max_continuations + adaptive_continuations) "
+            f"x max_new_tokens "
+            f"exceeds the server's limit of {max_tokens}"
+        )
+
+
+class EngineState:
+    """The engine and what is derived from it once loaded; ``error`` when loading failed."""
+
+    def __init__(self) -> None:
+        self.engine: EngineBoundary | None = None
+        self.error: BaseException | None = None
+        self.models: list[ModelEntry] = []
+        self.teachers: list[str] = []
+        self.receipt: dict[str, Any] = {}
+
+    def ready(self, engine: EngineBoundary) -> None:
+        self.models = list(engine.list_models())
+        self.teachers = [m.name for m in self.models if m.role == "teacher"]
+        self.receipt = dict(engine.receipt())
+        self.engine = engine
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Which records a stream sends: split ("correct", "incorrect", "mixed" or None), skipped, depths."""
+
+    split: str | None = None
+    include_skipped: bool = False
+    min_depth: int | None = None
+    max_depth: int | None = None
+
+    def keeps(self, record: AlignmentRecord) -> bool:
+        if self.split is not None and record.outcome != self.split:
+            return False
+        if record.cosine is None and not self.include_skipped:
+            return False
+        if self.min_depth is not None and record.depth < self.min_depth:
+            return False
+        return self.max_depth is None or record.depth <= self.max_depth
+
+
+class GradAlignService:
+    """BuildTree, ScoreTeacher and StreamAlignments over a store, a job queue and an engine."""
+
+    def __init__(
+        self,
+        state: EngineState,
+        jobs: JobManager,
+        store: Store,
+        metrics: Metrics,
+        limits: ServiceLimits,
+        encode: Callable[[list[AlignmentRecord]], bytes],
+        decode: Callable[[bytes], list[AlignmentRecord]],
+    ):
+        self.state, self.jobs, self.store, self.metrics, self.limits = state, jobs, store, metrics, limits
+        self._encode, self._decode = encode, decode
+
+    @property
+    def engine(self) -> EngineBoundary:
+        return self.state.engine
+
+    def teachers(self, names: Sequence[str]) -> list[str]:
+        """The named teachers (NOT_FOUND for an unknown one), or every loaded teacher."""
+        names = list(dict.fromkeys(names))
+        for name in names:
+            if name not in self.state.teachers:
+                raise NotFoundError("teacher", name, self.state.teachers)
+        return names or list(self.state.teachers)
+
+    def require_trees(self, tree_ids: Sequence[str]) -> None:
+        missing = [t for t in tree_ids if self.store.get_tree_summary(t) is None]
+        if missing:
+            raise NotFoundError("tree", missing[0])
+
+    # ------------------------------------------------------------------ BuildTree
+    def build_tree(
+        self,
+        question: Question,
+        rollouts: RolloutConfig,
+        sampling: SamplingConfig,
+        seed: int | None,
+        targets: list[str] | None,
+        cancel: CancelToken,
+    ) -> tuple[str, dict[str, Any]]:
+        """(tree id, summary dict with ``cache_hit``): from the store, or built on the engine's worker."""
+        check_budget(rollouts, sampling, self.limits.max_request_tokens)
+        tree_id = self.engine.tree_id(question, rollouts, sampling, seed, targets)
+        summary = self.store.get_tree_summary(tree_id)
+        if summary is None:
+            summary = self.jobs.run(
+                "build_tree", lambda c: self._build(question, rollouts, sampling, seed, targets, tree_id, c), cancel
+            )
+        else:
+            summary = {**summary, "cache_hit": True}
+        if summary.get("cache_hit"):
+            self.metrics.cache_hits.labels(kind="tree").inc()
+        return tree_id, summary
+
+    def _build(self, question, rollouts, sampling, seed, targets, tree_id, cancel) -> dict[str, Any]:
+        """Worker side of BuildTree: build unless an earlier job stored the same tree meanwhile."""
+        stored = self.store.get_tree_summary(tree_id)
+        if stored is not None:
+            return {**stored, "cache_hit": True}
+        tree = self.engine.build_tree(
+            question, rollouts=rollouts, sampling=sampling, seed=seed, target_teachers=targets, cancel=cancel
+        )
+        summary = dataclasses.asdict(tree.summary)
+        self.store.put_tree(tree.tree_id, question.id, summary, tree.to_dict())
+        self.metrics.count_tree(
+            summary,
+            sum(len(r.tokens) for r in tree.rollouts) * len(targets if targets is not None else self.state.teachers),
+        )
+        return {**summary, "cache_hit": False}
+
+    # ------------------------------------------------------------------ records
+    def records(
+        self,
+        tree_id: str,
+        teachers: list[str],
+        analysis: AnalysisConfig,
+        cancel: CancelToken,
+        on_scored: Callable[[int], None] = lambda n: None,
+    ) -> list[AlignmentRecord]:
+        """Records of one tree for teachers x ``analysis.methods``: from the store, scoring what is missing."""
+        keys = {t: self.engine.records_key(t, analysis) for t in teachers}
+        found: dict[tuple[str, str], list[AlignmentRecord]] = {}
+        missing = []
+        for teacher in teachers:
+            stored = [self.store.get_records(tree_id, teacher, m, keys[teacher]) for m in analysis.methods]
+            if any(blob is None for blob in stored):
+                missing.append(teacher)
+            else:
+                found.update({(teacher, m): self._decode(blob) for m, blob in zip(analysis.methods, stored)})
+        if missing:
+            found.update(self._score(tree_id, missing, analysis, keys, cancel))
+            on_scored(sum(len(found[(t, m)]) for t in missing for m in analysis.methods))
+        else:
+            self.metrics.cache_hits.labels(kind="records").inc()
+        return [r for t in teachers for m in analysis.methods for r in found[(t, m)]]
+
+    def _score(self, tree_id: str, teachers: list[str], analysis: AnalysisConfig, keys: dict[str, str], cancel):
+        tree = RolloutTree.from_dict(self.store.get_tree(tree_id) or _missing_tree(tree_id))
+        records = self.jobs.run(
+            "score_tree",
+            lambda c: self.engine.score_tree(tree, teachers, list(analysis.methods), analysis=analysis, cancel=c),
+            cancel,
+        )
+        grouped: dict[tuple[str, str], list[AlignmentRecord]] = {(t, m): [] for t in teachers for m in analysis.methods}
+        for record in records:
+            grouped.setdefault((record.teacher, record.method), []).append(record)
+        for (teacher, method), group in grouped.items():
+            self.store.put_records(tree_id, teacher, method, keys[teacher], self._encode(group), len(group))
+        scored_rollouts = {n.rollout_index for n in tree.nodes}
+        self.metrics.count_records(
+            len(records), sum(len(tree.rollouts[i].tokens) for i in scored_rollouts) * len(teachers)
+        )
+        return grouped
+
+    # ------------------------------------------------------------------ ScoreTeacher
+    def score(
+        self,
+        tree_ids: list[str],
+        teachers: list[str],
+        analysis: AnalysisConfig,
+        seed: int,
+        confidence: float,
+        cancel: CancelToken,
+        on_scored: Callable[[int], None] = lambda n: None,
+    ) -> tuple[Report, bool]:
+        """(report, cache_hit) of teachers on trees."""
+        self.require_trees(tree_ids)
+        key, request = report_key(
+            tree_ids,
+            {t: self.engine.records_key(t, analysis) for t in teachers},
+            analysis.methods,
+            analysis,
+            seed,
+            confidence,
+        )
+        stored = self.store.get_report(key)
+        if stored is not None:
+            self.metrics.cache_hits.labels(kind="report").inc()
+            return Report.from_dict(stored), True
+        records: list[AlignmentRecord] = []
+        for tree_id in tree_ids:
+            cancel.raise_if_cancelled()
+            records.extend(self.records(tree_id, teachers, analysis, cancel, on_scored))
+        summaries = [{**self.store.get_tree_summary(t), "tree_id": t} for t in tree_ids]
+        report = build_report(records, analysis, seed, confidence, trees=summaries)
+        self.store.put_report(key, request, report.to_dict())
+        return report, False
+
+    # ------------------------------------------------------------------ StreamAlignments
+    def stream(
+        self,
+        tree_ids: list[str],
+        teachers: list[str],
+        analysis: AnalysisConfig,
+        keep: RecordFilter,
+        cancel: CancelToken,
+        on_scored: Callable[[int], None] = lambda n: None,
+    ) -> Iterator[AlignmentRecord]:
+        """Records tree by tree, so the first ones flow before the last tree is scored."""
+        self.require_trees(tree_ids)
+        for tree_id in tree_ids:
+            for record in self.records(tree_id, teachers, analysis, cancel, on_scored):
+                if keep.keeps(record):
+                    yield record
+
+
+def _missing_tree(tree_id: str) -> dict:
+    raise NotFoundError("tree", tree_id)
