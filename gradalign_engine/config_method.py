@@ -45,7 +45,7 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         check_number(self, "temperature", 0, open_lo=True)
         check_number(self, "top_p", 0, 1, open_lo=True)
-        check_int(self, "top_k", 0)
+        check_int(self, "top_k", 0, 1_000_000)
         check_int(self, "max_new_tokens", 1, 32768)
 
 
@@ -136,10 +136,14 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         check_int(self, "num_rollouts", 1, 4096)
-        for name in ("nodes_per_window", "nodes_per_path", "max_continuations", "adaptive_continuations"):
-            check_int(self, name, 0)
-        for name in ("candidate_top_k", "continuations", "min_child_samples", "adaptive_batch"):
-            check_int(self, name, 1)
+        # Upper bounds keep absurd requests from overflowing anything; the token budget bounds the work.
+        for name, hi in (("nodes_per_window", 4096), ("nodes_per_path", 4096)):
+            check_int(self, name, 0, hi)
+        for name in ("max_continuations", "adaptive_continuations"):
+            check_int(self, name, 0, 10_000_000)
+        for name, hi in (("candidate_top_k", 1024), ("continuations", 4096), ("adaptive_batch", 4096)):
+            check_int(self, name, 1, hi)
+        check_int(self, "min_child_samples", 1, 1_000_000)
         check_choice(self, "priority", ("gkd_norm", "prob_diff", "uniform"), "must be gkd_norm, prob_diff or uniform")
         check_number(self, "min_token_prob", 0, 1, open_hi=True)
         check_int(

@@ -39,6 +39,12 @@ class ModelSpec:
         "HF only: memory for sampled sequences kept for reuse (their KV cache and hidden states).",
         affects="resources",
     )
+    forward_slice_tokens: int = setting(
+        0,
+        "HF only: longest forward (rows x positions) between cancel checks; 0 sizes slices to about a quarter "
+        "second of measured work, so a cancel or deadline stops a long prefill within about a second.",
+        affects="resources",
+    )
     vllm_kv_cache_bytes: int = setting(
         2 * 1024**3, "vLLM only: KV-cache size in bytes (kv_cache_memory_bytes).", affects="resources"
     )
@@ -55,6 +61,7 @@ class ModelSpec:
         check(device_ok, "device", self.device, "must be auto, cpu, cuda or cuda:N")
         check_int(self, "max_batch_tokens", 64)
         check_int(self, "prefix_cache_bytes", 0)
+        check_int(self, "forward_slice_tokens", 0)
         check_int(self, "vllm_kv_cache_bytes", 1, reason="must be a positive integer")
 
 

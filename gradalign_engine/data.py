@@ -129,6 +129,9 @@ class Question:
                 raise DatasetError("extra", key, "field names must be strings")
             if key in _FIELD_NAMES:
                 raise DatasetError(f"extra.{key}", self.extra[key], f"{key!r} is a Question field, not an extra one")
+        options = self.extra.get("verifier_options")
+        if options is not None and not (isinstance(options, Mapping) and all(isinstance(k, str) for k in options)):
+            raise DatasetError("extra.verifier_options", options, "must be an object of verifier options")
         # Copy, then freeze: the caller's dict must not be able to change a frozen Question.
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
 

@@ -33,7 +33,14 @@ class ConfigError(GradalignError, ValueError):
     def __init__(self, field_name: str, value: Any, reason: str):
         self.field_name = field_name
         self.value = value
-        super().__init__(f"{field_name}={value!r}: {reason}")
+        self.reason = reason
+        super().__init__(f"{field_name}={short_repr(value)}: {reason}")
+
+
+def short_repr(value: Any, limit: int = 160) -> str:
+    """repr() of a value, cut to ``limit`` characters: a hostile megabyte never lands in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class NotFoundError(GradalignError, KeyError):
@@ -45,7 +52,7 @@ class NotFoundError(GradalignError, KeyError):
         self.kind = kind
         self.name = name
         hint = f"; known: {', '.join(known)}" if known else ""
-        super().__init__(f"unknown {kind} {name!r}{hint}")
+        super().__init__(f"unknown {kind} {short_repr(name)}{hint}")
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return self.args[0]

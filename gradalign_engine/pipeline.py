@@ -113,6 +113,32 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ the two operations
+    def check_question(
+        self, question: Question, sampling: SamplingConfig | None = None, target_teachers: Sequence[str] | None = None
+    ) -> None:
+        """Refuse, before any lookup or sampling, a question this engine cannot build a tree for.
+
+        ConfigError for an unusable verifier, its options or reference answer, and for a prompt that
+        with ``max_new_tokens`` does not fit the student's context (or an external target teacher's).
+        """
+        self.models.judge.validate(question)
+        limit_new = (sampling or self.config.sampling).max_new_tokens
+        prompt = len(render_prompt(self.student.tokenizer, question, self.config.prompt))
+        models = [("student", self.student)] + [
+            (f"teacher {name!r}", self.teachers[name].backend)
+            for name in self.models.targets(target_teachers)
+            if not self.teachers[name].is_self
+        ]
+        for who, backend in models:
+            limit = backend.context_length
+            if limit is not None and prompt + limit_new > limit:
+                raise ConfigError(
+                    "question.text",
+                    f"{prompt} prompt tokens",
+                    f"the prompt plus max_new_tokens ({limit_new}) is {prompt + limit_new} tokens, more than the "
+                    f"{who}'s context of {limit} tokens",
+                )
+
     def build_tree(
         self,
         question: Question,
@@ -125,7 +151,7 @@ class Engine:
         progress: ProgressFn | None = None,
     ) -> RolloutTree:
         """Sample, choose analysis nodes and run targeted continuations for one question."""
-        self.models.judge.validate(question)  # an unusable reference answer fails before any sampling
+        self.check_question(question, sampling, target_teachers)
         targets = self.models.targets(target_teachers)
         settings = self.tree_settings(question, rollouts, sampling, seed, targets)
         prompt = render_prompt(self.student.tokenizer, question, self.config.prompt)

@@ -33,6 +33,7 @@ class SkipReason:
     NO_CONTEXT = "teacher_context_unavailable"  # no demonstration outside the node's rollouts, nor in the data set
     SCREENED_OUT = "context_failed_screening"  # the teacher fails the question with its context
     BUDGET_EXHAUSTED = "budget_exhausted"  # the continuation budget ran out before this node
+    CONTEXT_TOO_LONG = "teacher_context_too_long"  # the teacher's prompt + completion exceed its context length
 
 
 @dataclass

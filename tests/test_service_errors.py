@@ -88,8 +88,12 @@ def test_not_found_tree_and_teacher(served):
 def test_resource_exhausted_budget(served):
     server, client = served
     with pytest.raises(GradalignError) as err:
-        client.build_tree(QUESTION, settings={"max_new_tokens": 2000})
+        client.build_tree(QUESTION, settings={"max_continuations": 10_000_000})
     assert err.value.code == "RESOURCE_EXHAUSTED" and "limit" in err.value.details
+    # Longer than the model's context (512 positions): refused before any work, naming both lengths.
+    with pytest.raises(GradalignError) as err:
+        client.build_tree(QUESTION, settings={"max_new_tokens": 2000})
+    assert err.value.code == "INVALID_ARGUMENT" and "more than the student's context of 512 tokens" in err.value.details
 
 
 class _BlockingEngine:

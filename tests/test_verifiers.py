@@ -325,7 +325,20 @@ def test_regex_invalid_pattern_named_at_construction(pattern):
     with pytest.raises(VerifierError) as info:
         get_verifier("regex", pattern=pattern)
     assert info.value.field_name == "regex.pattern"
-    assert repr(pattern) in str(info.value) and "invalid regular expression" in str(info.value)
+    assert repr(pattern) in str(info.value) and "not a valid RE2 regular expression" in str(info.value)
+
+
+def test_regex_runs_in_linear_time_and_refuses_what_needs_backtracking():
+    # (.+)+Z backtracks exponentially in Python's re on a long string without a Z; RE2 does not.
+    # 20,000 characters: Python's re would not finish this search in any reasonable time.
+    verifier = get_verifier("regex", pattern="(.+)+Z")
+    assert not verifier.check("a" * 20_000, q("x", "regex")).correct
+    assert verifier.check("a" * 20_000 + "Z", q("x", "regex")).correct
+    for needs_backtracking in [r"(a)\1", r"x(?=y)", r"(?<!a)b"]:
+        with pytest.raises(VerifierError, match="no backreferences or look-around"):
+            get_verifier("regex", pattern=needs_backtracking)
+    with pytest.raises(VerifierError, match=r"regex\.pattern='2001 characters': at most 2000"):
+        get_verifier("regex", pattern="a" * 2001)
 
 
 @pytest.mark.parametrize("options", [{}, {"pattern": ""}, {"pattern": 5}, {"pattern": "x", "ignore_case": "yes"}])

@@ -18,6 +18,8 @@ _LAZY = {
     "AsyncClient": "._aio",
     "Client": "._client",
     "GradalignError": "._errors",
+    "tls_credentials": "._core",
+    "read_token": "._core",
     **{
         name: "._types"
         for name in (
@@ -77,4 +79,6 @@ __all__ = [
     "ScreenedQuestion",
     "Report",
     "read_questions",
+    "tls_credentials",
+    "read_token",
 ]

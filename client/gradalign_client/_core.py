@@ -76,6 +76,55 @@ def load_questions(dataset: str | Path | Iterable[Question | Mapping[str, Any]],
     return questions[:limit] if limit is not None else questions
 
 
+def tls_credentials(
+    root_certificates: bytes | str | Path | None = None,
+    certificate_chain: bytes | str | Path | None = None,
+    private_key: bytes | str | Path | None = None,
+):
+    """Channel credentials for a TLS server: its CA (None: the system's roots), and for mutual TLS
+    this client's certificate chain and key. Each argument is PEM bytes or a path to a PEM file."""
+    import grpc
+
+    def pem(value, what: str) -> bytes | None:
+        if value is None or isinstance(value, bytes):
+            return value
+        try:
+            return Path(value).read_bytes()
+        except OSError as exc:
+            raise GradalignError("INVALID_ARGUMENT", f"{what}={str(value)!r}: cannot read ({exc.strerror})") from None
+
+    if (certificate_chain is None) != (private_key is None):
+        raise GradalignError("INVALID_ARGUMENT", "a client certificate needs its key (and the key its certificate)")
+    return grpc.ssl_channel_credentials(
+        pem(root_certificates, "root_certificates"),
+        pem(private_key, "private_key"),
+        pem(certificate_chain, "certificate_chain"),
+    )
+
+
+def read_token(token: str | None = None, token_file: str | Path | None = None) -> str | None:
+    """The bearer token: ``token``, else the contents of ``token_file``, else $GRADALIGN_TOKEN, else
+    the file named by $GRADALIGN_TOKEN_FILE."""
+    import os
+
+    token_file = token_file or (
+        None if token or os.environ.get("GRADALIGN_TOKEN") else os.environ.get("GRADALIGN_TOKEN_FILE")
+    )
+    if token:
+        return token
+    if token_file:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise GradalignError(
+                "INVALID_ARGUMENT", f"token_file={str(token_file)!r}: cannot read ({exc.strerror})"
+            ) from None
+        if not text:
+            raise GradalignError("INVALID_ARGUMENT", f"token_file={str(token_file)!r}: empty")
+        return text
+    return os.environ.get("GRADALIGN_TOKEN") or None
+
+
 class ClientCore:
     """The channel, stub and health call of a client; ``channels`` is ``grpc`` or ``grpc.aio``."""
 

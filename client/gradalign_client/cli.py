@@ -109,7 +109,6 @@ def _names(text: str | None) -> list[str]:
 
 def cmd_vet(args: argparse.Namespace) -> int:
     from . import _table
-    from ._client import Client
 
     settings = _settings(args.set)
     if args.rollouts is not None:
@@ -117,7 +116,7 @@ def cmd_vet(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None:
         settings["max_new_tokens"] = args.max_new_tokens
     teachers, methods = _names(args.teachers), _names(args.methods)
-    with Client(args.server, timeout=args.timeout, token=args.token) as client:
+    with _client(args) as client:
         if not teachers:
             teachers = [m.name for m in client.list_models() if m.role == "teacher"]
         update, close = _progress() if not args.quiet else (None, lambda: None)
@@ -166,18 +165,16 @@ def cmd_vet(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from ._client import Client
 
-    with Client(args.server, token=args.token) as client:
+    with _client(args) as client:
         status = client.health(args.service, timeout=args.timeout)
     print(status)
     return EXIT_OK if status == "SERVING" else EXIT_ERROR
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ._client import Client
 
-    with Client(args.server, timeout=args.timeout, token=args.token) as client:
+    with _client(args) as client:
         models = client.list_models()
     width = max(len(m.name) for m in models)
     for m in models:
@@ -212,9 +209,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_connection(p: argparse.ArgumentParser, timeout: float | None) -> None:
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of a gradalign server")
-    p.add_argument("--token", default=None, help="bearer token, when the server was started with --token")
+    p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="bearer token file (or $GRADALIGN_TOKEN / $GRADALIGN_TOKEN_FILE)",
+    )
+    p.add_argument(
+        "--token", default=None, help="bearer token itself (visible in the process list; prefer --token-file)"
+    )
+    p.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's roots")
+    p.add_argument("--tls-ca", default=None, metavar="PEM", help="connect with TLS, trusting this CA (implies --tls)")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="client certificate for mutual TLS")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="key of --tls-cert")
     p.add_argument(
         "--timeout", type=float, default=timeout, help="deadline of each call in seconds (default %(default)s)"
+    )
+
+
+def _client(args, timeout: float | None = None):
+    """The Client the connection flags describe."""
+    from ._client import Client
+    from ._core import read_token, tls_credentials
+
+    credentials = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+        credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    token = read_token(args.token, args.token_file)
+    return Client(
+        args.server, timeout=args.timeout if timeout is None else timeout, token=token, credentials=credentials
     )
 
 

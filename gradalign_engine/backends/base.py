@@ -44,7 +44,7 @@ class CancelToken:
         return self._event.is_set()
 
     def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
+        if self.cancelled:
             raise Cancelled(self.reason)
 
 
@@ -119,6 +119,10 @@ class Backend(Protocol):
     @property
     def eos_token_ids(self) -> frozenset[int]:
         """Token ids that end a completion."""
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest sequence (prompt + completion) the model takes, or None when it has no limit."""
 
     def generate(
         self,

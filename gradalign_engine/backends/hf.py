@@ -11,6 +11,7 @@ This module knows token ids, tensors and transformers; it knows nothing of trees
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +25,10 @@ from .hf_decode import ChunkDecoder, RetainedStore, chunk_start
 __all__ = ["HFBackend", "resolve_device", "resolve_dtype"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# A long prefill or scoring pass is split along the sequence into forwards of about this many seconds,
+# with a cancel check between them: a cancelled or expired request stops within about a second.
+FORWARD_SLICE_SECONDS = 0.25
+_MIN_SLICE_TOKENS = 256
 
 
 def resolve_device(device: str) -> torch.device:
@@ -76,6 +81,7 @@ class HFBackend:
         self._head = self.model.get_output_embeddings()
         self._check_split_head()
         self._retained = RetainedStore(spec.prefix_cache_bytes)
+        self._forward_rate: float | None = None  # tokens per second of recent multi-token forwards
         self.info = ModelInfo(
             name=resolved.name if resolved else spec.model,
             path=str(resolved.path) if resolved else spec.model,
@@ -107,6 +113,13 @@ class HFBackend:
     @property
     def eos_token_ids(self) -> frozenset[int]:
         return self._eos
+
+    @property
+    def context_length(self) -> int | None:
+        config = self.model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        length = getattr(text_config, "max_position_embeddings", None)
+        return int(length) if length else None
 
     def close(self) -> None:
         self.model = None
@@ -153,30 +166,25 @@ class HFBackend:
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 for i, lp in zip(
-                    batch, self._score_batch([contexts[i] for i in batch], [completions[i] for i in batch], temperature)
+                    batch,
+                    self._score_batch(
+                        [contexts[i] for i in batch], [completions[i] for i in batch], temperature, cancel
+                    ),
                 ):
                     out[i] = lp
             batch = [idx] if idx is not None else []
         return out  # type: ignore[return-value]
 
-    def _score_batch(self, contexts, completions, temperature: float) -> list[torch.Tensor]:
+    def _score_batch(self, contexts, completions, temperature: float, cancel=None) -> list[torch.Tensor]:
         seqs = [list(c) + list(y) for c, y in zip(contexts, completions)]
         width = max(len(s) for s in seqs)
         keep = max(len(y) for y in completions) + 1
         # Left padding puts every completion at the end, so only the last `keep` positions need logits.
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[r, width - len(s) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = self._left_padded(seqs, width)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False
-        ).logits
-        self.counters.add(
-            forwarded_tokens=int(mask.sum()), scored_tokens=sum(len(y) for y in completions), forward_calls=1
-        )
+        _, hidden = self._sliced_forward(ids, mask, positions, None, keep, cancel)
+        logits = self._head(hidden)
+        self.counters.add(scored_tokens=sum(len(y) for y in completions))
         results = []
         for r, y in enumerate(completions):
             n = len(y)
@@ -236,7 +244,63 @@ class HFBackend:
         self.counters.add(forwarded_tokens=int(mask[:, -ids.shape[1] :].sum()), forward_calls=1)
         return out.past_key_values, hidden, logits
 
-    def _prefix_states(self, prefixes: list[tuple[int, ...]]):
+    def _left_padded(self, seqs, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[r, width - len(s) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _slice_columns(self, rows: int) -> int:
+        """Columns of one forward slice: about FORWARD_SLICE_SECONDS of work at the measured rate."""
+        tokens = self.spec.max_batch_tokens
+        if self.spec.forward_slice_tokens:
+            tokens = min(tokens, self.spec.forward_slice_tokens)
+        elif self._forward_rate is not None:
+            tokens = min(tokens, max(_MIN_SLICE_TOKENS, int(self._forward_rate * FORWARD_SLICE_SECONDS)))
+        return max(1, tokens // max(rows, 1))
+
+    def _sliced_forward(self, ids, mask, positions, cache, keep: int, cancel):
+        """Decoder over ``ids`` in column slices (cancel checked between them).
+
+        Returns (cache, final hidden states of the last ``keep`` positions). One slice when the work
+        fits (then no KV cache is built unless ``cache`` is given); each slice extends the KV cache.
+        """
+        from transformers import DynamicCache
+
+        rows, width = ids.shape
+        columns = self._slice_columns(rows)
+        use_cache = cache is not None or columns < width
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.model.config)
+        kept, start = [], 0
+        while start < width:
+            if cancel is not None and start > 0:
+                cancel.raise_if_cancelled()
+            end = min(width, start + columns)
+            began = time.perf_counter()
+            out = self._decoder(
+                input_ids=ids[:, start:end],
+                attention_mask=mask[:, :end],
+                position_ids=positions[:, start:end],
+                past_key_values=cache if use_cache else None,
+                use_cache=use_cache,
+            )
+            self._observe_rate(rows * (end - start), time.perf_counter() - began)
+            self.counters.add(forwarded_tokens=int(mask[:, start:end].sum()), forward_calls=1)
+            cache = out.past_key_values if use_cache else None
+            if end > width - keep:
+                kept.append(out.last_hidden_state[:, max(0, width - keep - start) :, :])
+            start = end
+        return cache, kept[0] if len(kept) == 1 else torch.cat(kept, dim=1)
+
+    def _observe_rate(self, tokens: int, seconds: float) -> None:
+        if tokens >= _MIN_SLICE_TOKENS and seconds > 0:
+            rate = tokens / seconds
+            self._forward_rate = rate if self._forward_rate is None else 0.7 * self._forward_rate + 0.3 * rate
+
+    def _prefix_states(self, prefixes: list[tuple[int, ...]], cancel=None):
         """KV slices ([layers] of (k, v) [kvh, L, d]) and last hidden state of each prefix.
 
         A prefix covered by a retained sequence is sliced from it; the others are encoded together
@@ -251,19 +315,13 @@ class HFBackend:
             else:
                 missing.append(i)
         if missing:
+            width = max(len(prefixes[i]) for i in missing)
+            ids, mask = self._left_padded([prefixes[i] for i in missing], width)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             from transformers import DynamicCache
 
-            width = max(len(prefixes[i]) for i in missing)
-            ids = torch.full((len(missing), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(missing), width), dtype=torch.long)
-            for r, i in enumerate(missing):
-                p = prefixes[i]
-                ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                mask[r, width - len(p) :] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            cache, hidden, _ = self._forward(
-                ids, mask, positions, DynamicCache(config=self.model.config), keep_last=True
+            cache, hidden = self._sliced_forward(
+                ids, mask, positions, DynamicCache(config=self.model.config), 1, cancel
             )
             for r, i in enumerate(missing):
                 n = len(prefixes[i])
@@ -276,7 +334,7 @@ class HFBackend:
         if cancel is not None:
             cancel.raise_if_cancelled()
         prefixes = list(dict.fromkeys(tuple(req.prefix) for req in requests))
-        start = chunk_start(prefixes, self._prefix_states(prefixes), self._head, self.model.config, self.device)
+        start = chunk_start(prefixes, self._prefix_states(prefixes, cancel), self._head, self.model.config, self.device)
 
         def forward(ids, mask, positions, cache):
             cache, hidden, logits = self._forward(ids, mask, positions, cache, keep_last=True)

@@ -129,6 +129,10 @@ class VLLMBackend:
         return self._eos
 
     @property
+    def context_length(self) -> int | None:
+        return self.max_model_len
+
+    @property
     def twin_loaded(self) -> bool:
         """Whether the transformers scoring twin (a second copy of the weights) is in memory."""
         return self._twin is not None
@@ -225,7 +229,7 @@ class VLLMBackend:
 
             try:
                 while engine.has_unfinished_requests():
-                    if cancel is not None and cancel.cancelled:
+                    if cancel is not None:
                         cancel.raise_if_cancelled()
                     for out in engine.step():
                         if out.finished:

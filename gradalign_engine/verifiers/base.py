@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..data import Question
-from ..errors import GradalignError
+from ..errors import GradalignError, short_repr
 
 __all__ = [
     "VerifierError",
@@ -33,7 +33,7 @@ class VerifierError(GradalignError, ValueError):
         self.field_name = field_name
         self.value = value
         self.reason = reason
-        super().__init__(f"{field_name}={value!r}: {reason}")
+        super().__init__(f"{field_name}={short_repr(value)}: {reason}")
 
 
 class UnknownVerifierError(VerifierError):

@@ -48,10 +48,37 @@ class ExactVerifier:
         )
 
 
+MAX_PATTERN_CHARS = 2000
+_RE2_MAX_MEM = 8 << 20  # bytes RE2 may use for one compiled pattern
+
+
+def _compile_linear(pattern: str, ignore_case: bool):
+    """Compile with RE2: matching time is linear in the text, so no pattern can hold the process.
+
+    RE2 has no backreferences or look-around; such patterns are refused with the reason.
+    """
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    options.case_sensitive = not ignore_case
+    options.max_mem = _RE2_MAX_MEM
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise VerifierError(
+            "regex.pattern",
+            pattern,
+            f"not a valid RE2 regular expression ({reason}); RE2 runs in linear time and has no "
+            "backreferences or look-around",
+        ) from None
+
+
 class RegexVerifier:
     """Option ``pattern`` (required) and ``ignore_case``. Correct when ``pattern`` matches the
-    completion (re.search). When the pattern has a group named "answer", that group must instead equal
-    the reference after exact normalisation."""
+    completion (search). When the pattern has a group named "answer", that group must instead equal
+    the reference after exact normalisation. Patterns use RE2 syntax and run in linear time."""
 
     name = "regex"
 
@@ -61,12 +88,11 @@ class RegexVerifier:
             raise VerifierError("regex.pattern", pattern, "required option is missing")
         if not isinstance(pattern, str) or pattern == "":
             raise VerifierError("regex.pattern", pattern, "must be a non-empty regular expression string")
+        if len(pattern) > MAX_PATTERN_CHARS:
+            raise VerifierError("regex.pattern", f"{len(pattern)} characters", f"at most {MAX_PATTERN_CHARS}")
         if not isinstance(ignore_case, bool):
             raise VerifierError("regex.ignore_case", ignore_case, "must be true or false")
-        try:
-            self.pattern = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-        except re.error as exc:
-            raise VerifierError("regex.pattern", pattern, f"invalid regular expression: {exc}") from None
+        self.pattern = _compile_linear(pattern, ignore_case)
 
     def check(self, completion_text: str, question: Question) -> VerifyResult:
         require_str("completion_text", completion_text)

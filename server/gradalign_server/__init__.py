@@ -11,8 +11,20 @@ from ``gradalign_client._proto``: the server depends on the client's stubs, neve
     server.stop(grace=5)
 """
 
-from ._cli import main
-from ._server import SERVICE_NAME, GradalignServer, create_server, server_options
-from ._service import ServiceLimits
+from ._cli import configure_logging, install_stop_signals, main, serve_until_stopped
+from ._server import SERVICE_NAME, GradalignServer, TlsFiles, create_server, server_options
+from ._service import ServiceLimits, redact_paths
 
-__all__ = ["create_server", "GradalignServer", "ServiceLimits", "main", "server_options", "SERVICE_NAME"]
+__all__ = [
+    "create_server",
+    "GradalignServer",
+    "ServiceLimits",
+    "TlsFiles",
+    "main",
+    "install_stop_signals",
+    "configure_logging",
+    "serve_until_stopped",
+    "redact_paths",
+    "server_options",
+    "SERVICE_NAME",
+]

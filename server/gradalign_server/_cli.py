@@ -1,23 +1,29 @@
 """``gradalign serve``: the command line of the server (flags, logging, signals).
 
 Builds the server with :func:`~._server.create_server` and runs it until SIGTERM or SIGINT; exit codes:
-0 after a clean shutdown, 1 when the models fail to load, 2 on a bad config or address.
+0 after a shutdown, 1 when the models fail to load, 2 on a bad config, address, port in use or TLS file.
+
+Shutdown is bounded: the process exits within ``--grace`` seconds plus a few, whatever a job is
+doing. If a job is still inside the engine after it was cancelled, the process exits without
+waiting for it (SQLite writes are transactions, so stored work is never half-written).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import structlog
 
-from ._server import create_server
+from ._server import WORKER_STOP_S, TlsFiles, create_server, host_of
 from ._service import ServiceLimits
 
-__all__ = ["main", "build_parser", "configure_logging"]
+__all__ = ["main", "build_parser", "configure_logging", "install_stop_signals", "serve_until_stopped"]
 
 log = structlog.get_logger("gradalign.server")
 
@@ -63,13 +69,30 @@ def build_parser(prog: str = "gradalign serve") -> argparse.ArgumentParser:
         default=9464,
         help="Prometheus /metrics port (0: a free one, logged; -1: off; default %(default)s)",
     )
+    p.add_argument("--metrics-host", default=None, help="address /metrics binds (default: the same as --host)")
     p.add_argument(
         "--db", default=None, help="SQLite store of trees, records and reports (default $GRADALIGN_CACHE/server.sqlite)"
     )
     p.add_argument(
+        "--token-file",
+        default=os.environ.get("GRADALIGN_TOKEN_FILE"),
+        help="file holding the bearer token every call must carry (default $GRADALIGN_TOKEN_FILE)",
+    )
+    p.add_argument(
         "--token",
-        default=os.environ.get("GRADALIGN_TOKEN"),
-        help="require 'authorization: Bearer TOKEN' (default $GRADALIGN_TOKEN; none: open)",
+        default=None,
+        help="the bearer token itself: visible in the process list, prefer --token-file or $GRADALIGN_TOKEN",
+    )
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve TLS with this certificate chain")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        default=None,
+        metavar="PEM",
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    p.add_argument(
+        "--expose-model-paths", action="store_true", help="show local model paths in receipts (default: hidden)"
     )
     p.add_argument(
         "--max-queue",
@@ -94,8 +117,35 @@ def build_parser(prog: str = "gradalign serve") -> argparse.ArgumentParser:
     return p
 
 
+def _token(args) -> str | None:
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise OSError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
+        if not token:
+            raise OSError(f"--token-file {args.token_file} is empty")
+        return token
+    return args.token or os.environ.get("GRADALIGN_TOKEN") or None
+
+
+def _tls(args) -> TlsFiles | None:
+    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise OSError("--tls-cert and --tls-key go together (and --tls-client-ca needs both)")
+    return TlsFiles.read(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``gradalign serve``: returns 0 after a clean shutdown, 1 when the models fail to load, 2 on a bad config."""
+    """``gradalign serve``: 0 after a shutdown, 1 when the models fail to load, 2 on a bad config or address."""
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, json_logs=not args.console_logs)
     from gradalign_engine.config import load_run_config
@@ -103,28 +153,29 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_run_config(args.config)
-    except ConfigError as exc:
-        print(f"gradalign serve: {args.config}: {exc}", file=sys.stderr)
+        token, tls = _token(args), _tls(args)
+    except (ConfigError, OSError) as exc:
+        print(f"gradalign serve: {exc}", file=sys.stderr)
         return 2
-    wake, stop = threading.Event(), threading.Event()
-
-    def on_signal(signum, frame):
-        log.info("signal", signal=signal.Signals(signum).name)
-        stop.set()
-        wake.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    if args.token:
+        log.warning("token_on_command_line", hint="visible in the process list; use --token-file or $GRADALIGN_TOKEN")
+    if token and tls is None and not _loopback(args.host):
+        log.warning("token_without_tls", host=args.host, hint="the bearer token travels in clear; add --tls-cert")
+    wake = threading.Event()
+    stop = install_stop_signals(wake)
     try:
         server, port = create_server(
             config,
             f"{args.host}:{args.port}",
             args.db or _default_db(),
-            token=args.token,
+            token=token,
             max_queue=args.max_queue,
             limits=ServiceLimits(max_request_tokens=args.max_request_tokens),
             metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+            metrics_addr=args.metrics_host or host_of(f"{args.host}:{args.port}"),
             on_loaded=lambda error: wake.set(),
+            tls=tls,
+            expose_paths=args.expose_model_paths,
         )
     except OSError as exc:
         print(f"gradalign serve: {exc}", file=sys.stderr)
@@ -134,8 +185,50 @@ def main(argv: list[str] | None = None) -> int:
         server.stop(grace=0)
         print(f"gradalign serve: could not load the models: {server.state.error}", file=sys.stderr)
         return 1
+    return serve_until_stopped(server, stop, args.grace)
+
+
+def install_stop_signals(wake: threading.Event | None = None) -> threading.Event:
+    """SIGTERM and SIGINT set the returned event (and ``wake``); a second signal exits at once."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal", signal=signal.Signals(signum).name)
+        if stop.is_set():
+            os._exit(1)
+        stop.set()
+        if wake is not None:
+            wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def serve_until_stopped(server, stop: threading.Event, grace: float) -> int:
+    """Serve until ``stop`` is set (a signal), then shut down within ``grace`` + a few seconds."""
     if not stop.is_set():
-        log.info("serving", port=port, metrics_port=server.metrics_port)
+        log.info("serving", port=server.port, metrics_port=server.metrics_port)
         stop.wait()
-    server.stop(grace=args.grace)
+    return _shut_down(server, grace)
+
+
+def _shut_down(server, grace: float) -> int:
+    """Stop within ``grace`` + a few seconds, whatever a job is doing.
+
+    A daemon watchdog ends the process (os._exit) at the deadline, even if interpreter exit would
+    wait on a thread; a job left inside the engine ends it at once.
+    """
+    deadline = grace + WORKER_STOP_S + 5.0
+    watchdog = threading.Timer(deadline, _exit_now, args=("shutdown_watchdog", deadline))
+    watchdog.daemon = True
+    watchdog.start()
+    if not server.stop(grace=grace):
+        _exit_now("shutdown_left_a_running_job", deadline)
     return 0
+
+
+def _exit_now(event: str, deadline: float, **fields) -> None:
+    log.warning(event, deadline_s=deadline, **fields)
+    sys.stderr.flush()
+    os._exit(0)

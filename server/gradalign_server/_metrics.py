@@ -116,11 +116,22 @@ class Metrics:
                 }
             )
 
-    def serve_http(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Expose ``/metrics`` over HTTP on ``port`` (0: a free port); return the bound port."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+    def serve_http(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Expose ``/metrics`` over HTTP on ``addr:port`` (0: a free port); return the bound port.
+
+        OSError naming the address when it cannot be bound (in use, or not an address of this host).
+        """
+        try:
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            raise OSError(f"cannot serve /metrics on {addr}:{port}: {exc.strerror or exc}") from None
         self._http = server
         return server.server_port
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) that ``/metrics`` listens on, or None when not served."""
+        return None if self._http is None else self._http.server_address[:2]
 
     def close(self) -> None:
         if self._http is not None:

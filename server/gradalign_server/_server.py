@@ -18,6 +18,7 @@ import hmac
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +37,18 @@ from ._service import EngineState, GradAlignService, ServiceLimits
 from ._servicer import GradAlignServicer
 from ._store import Store
 
-__all__ = ["GradalignServer", "create_server", "server_options", "SERVICE_NAME"]
+__all__ = ["GradalignServer", "TlsFiles", "create_server", "server_options", "SERVICE_NAME", "WORKER_STOP_S"]
 
 log = structlog.get_logger("gradalign.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GradAlign"].full_name  # "gradalign.v1.GradAlign"
+WORKER_STOP_S = 5.0  # after the grace period, how long a cancelled job gets to reach its next check
 
 
 def server_options(max_message_mb: int = 256) -> list[tuple[str, Any]]:
     """Channel arguments of the server.
 
+    Requests are at most 16 MiB (the largest legitimate one, 10,000 tree ids, is under 1 MiB).
     Keepalive: a BuildTree can run for minutes without sending a byte. The server pings each client
     every 60 s and drops one that does not answer within 20 s, so a vanished client's call is
     cancelled and its engine job stops instead of running to the end. Clients (see
@@ -61,8 +64,44 @@ def server_options(max_message_mb: int = 256) -> list[tuple[str, Any]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.max_send_message_length", max_message_mb * 1024 * 1024),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        # One server per port: with SO_REUSEPORT a second server on the same port would silently take
+        # half of the new connections (and their bearer tokens).
+        ("grpc.so_reuseport", 0),
     ]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM bytes of the server's certificate chain and key, and optionally the CA of client certificates.
+
+    With ``client_ca`` the server requires and verifies a client certificate (mutual TLS).
+    """
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def read(cls, cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> TlsFiles:
+        def pem(path, what: str) -> bytes:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise OSError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+            if b"-----BEGIN" not in data:
+                raise OSError(f"the TLS {what} {path} is not PEM")
+            return data
+
+        ca = pem(client_ca, "client CA") if client_ca else None
+        return cls(pem(cert, "certificate"), pem(key, "key"), ca)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.cert_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
 
 
 class _TokenInterceptor(grpc.ServerInterceptor):
@@ -125,7 +164,9 @@ class GradalignServer:
         servicer: GradAlignServicer,
         health_servicer: health.HealthServicer,
         owns_engine: bool,
+        expose_paths: bool = False,
     ):
+        self.expose_paths = expose_paths
         self.grpc_server = grpc_server
         self.port = port
         self.address = address
@@ -184,7 +225,7 @@ class GradalignServer:
                 on_loaded(error)
 
     def _ready(self, engine: Any) -> None:
-        self.service.state.ready(engine)
+        self.service.state.ready(engine, expose_paths=self.expose_paths)
         self.metrics.set_models(self.state.models)
         if not self._stopped:
             self._set_serving(True)
@@ -197,29 +238,39 @@ class GradalignServer:
         if self.state.error is not None:
             raise self.state.error
 
-    def serve_metrics(self, port: int, addr: str = "0.0.0.0") -> int:
+    def serve_metrics(self, port: int, addr: str = "127.0.0.1") -> int:
         """Expose Prometheus ``/metrics`` on ``port`` (0: a free one); return the port."""
         self.metrics_port = self.metrics.serve_http(port, addr)
         log.info("metrics_listening", port=self.metrics_port, addr=addr)
         return self.metrics_port
 
-    def stop(self, grace: float | None = 5.0) -> None:
-        """Graceful stop: NOT_SERVING, drain in-flight calls for ``grace`` s, then release everything."""
+    def stop(self, grace: float | None = 5.0) -> bool:
+        """Graceful stop, bounded in time: NOT_SERVING, drain in-flight calls for ``grace`` s, cancel the rest.
+
+        Then the running job is cancelled and gets :data:`WORKER_STOP_S` to reach its next check; the
+        engine is closed only if it did (a job still inside the engine keeps it). Returns True when
+        every component stopped, False when a job was left running (the caller may exit anyway:
+        stored work is never half-written).
+        """
         with self._stop_lock:
             if self._stopped:
-                return
+                return True
             self._stopped = True
         log.info("shutdown_begin", grace_s=grace, running=self.jobs.running, queued=self.jobs.queued)
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
         log.info("shutdown_rpcs_stopped")
-        self.jobs.shutdown(timeout=60.0)
-        if self._owns_engine and self.engine is not None:
+        worker_stopped = self.jobs.shutdown(timeout=WORKER_STOP_S)
+        if not worker_stopped:
+            log.warning("shutdown_job_still_running", waited_s=WORKER_STOP_S)
+        elif self._owns_engine and self.engine is not None:
             self.engine.close()
             log.info("shutdown_engine_closed")
-        self.store.close()
+        if worker_stopped:
+            self.store.close()
         self.metrics.close()
-        log.info("shutdown_done")
+        log.info("shutdown_done", clean=worker_stopped)
+        return worker_stopped
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
@@ -265,9 +316,11 @@ def create_server(
     max_workers: int | None = None,
     limits: ServiceLimits | None = None,
     metrics_port: int | None = None,
-    metrics_addr: str = "0.0.0.0",
+    metrics_addr: str | None = None,
     on_loaded: Callable[[BaseException | None], None] | None = None,
     close_engine: bool | None = None,
+    tls: TlsFiles | None = None,
+    expose_paths: bool = False,
 ) -> tuple[GradalignServer, int]:
     """Build, bind and start a gradalign server.
 
@@ -292,10 +345,16 @@ def create_server(
         Per-request limits (worst-case tokens of a BuildTree, trees per request).
     metrics_port : int, optional
         Serve Prometheus ``/metrics`` on this port (0: a free one); None: do not serve.
+    metrics_addr : str, optional
+        Interface of ``/metrics``; default: the host of ``address``.
     on_loaded : callable, optional
         ``on_loaded(error_or_None)`` once loading finished (not called for a ready engine).
     close_engine : bool, optional
         Close the engine on stop; default: only when this server loaded it.
+    tls : TlsFiles, optional
+        Serve over TLS (mutual TLS when it has a client CA); None: plaintext.
+    expose_paths : bool
+        Show the server's local model paths in receipts (default: replaced by ``"<local path>"``).
 
     Returns
     -------
@@ -306,9 +365,7 @@ def create_server(
     service = _service(db_path, max_queue, limits or ServiceLimits())
     servicer = GradAlignServicer(service)
     grpc_server, health_servicer = _grpc_server(servicer, token, max_workers or max_queue + 8)
-    port = grpc_server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not bind {address}")
+    port = _bind(grpc_server, address, tls)
     server = GradalignServer(
         grpc_server,
         port,
@@ -316,15 +373,48 @@ def create_server(
         servicer,
         health_servicer,
         owns_engine=close_engine if close_engine is not None else engine is None,
+        expose_paths=expose_paths,
     )
     server._set_serving(False)
     grpc_server.start()
-    log.info("grpc_listening", address=address, port=port, db=str(db_path), auth=bool(token), max_queue=max_queue)
+    log.info(
+        "grpc_listening",
+        address=address,
+        port=port,
+        db=str(db_path),
+        auth=bool(token),
+        tls="mutual" if tls and tls.client_ca else bool(tls),
+        max_queue=max_queue,
+    )
     if metrics_port is not None:
-        server.serve_metrics(metrics_port, metrics_addr)
+        try:
+            server.serve_metrics(metrics_port, metrics_addr or host_of(address))
+        except OSError:
+            grpc_server.stop(0)
+            service.store.close()
+            raise
     if engine is not None:
         server._ready(engine)
         server._loaded.set()
     else:
         threading.Thread(target=server._load, args=(factory, on_loaded), name="gradalign-loader", daemon=True).start()
     return server, port
+
+
+def host_of(address: str) -> str:
+    """The host part of ``host:port`` (``[::1]:50051`` -> ``::1``)."""
+    host = address.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _bind(grpc_server: grpc.Server, address: str, tls: TlsFiles | None) -> int:
+    """Bind exclusively (no SO_REUSEPORT); OSError naming the address when it is taken or invalid."""
+    try:
+        port = (
+            grpc_server.add_secure_port(address, tls.credentials()) if tls else grpc_server.add_insecure_port(address)
+        )
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address}: the port is in use by another process, or the address is invalid")
+    return port

@@ -11,6 +11,7 @@ then it stores the result and counts it in the metrics. The engine is reached th
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,7 +30,15 @@ from ._jobs import JobManager
 from ._metrics import Metrics
 from ._store import Store
 
-__all__ = ["EngineBoundary", "EngineState", "GradAlignService", "ServiceLimits", "RecordFilter", "check_budget"]
+__all__ = [
+    "EngineBoundary",
+    "EngineState",
+    "GradAlignService",
+    "ServiceLimits",
+    "RecordFilter",
+    "check_budget",
+    "redact_paths",
+]
 
 
 class EngineBoundary(Protocol):
@@ -51,6 +60,10 @@ class EngineBoundary(Protocol):
     ) -> str: ...
 
     def records_key(self, teacher: str, analysis: AnalysisConfig | None = None) -> str: ...
+
+    def check_question(
+        self, question: Question, sampling: SamplingConfig | None = None, target_teachers: Sequence[str] | None = None
+    ) -> None: ...
 
     def build_tree(
         self,
@@ -82,6 +95,7 @@ class ServiceLimits:
 
     max_request_tokens: int = 50_000_000  # worst-case generated tokens of one BuildTree
     max_trees_per_request: int = 10_000
+    max_text_chars: int = 200_000  # a question's text, solution and extra fields, each
 
 
 def check_budget(rollouts: RolloutConfig, sampling: SamplingConfig, max_tokens: int) -> None:
@@ -107,11 +121,35 @@ class EngineState:
         self.teachers: list[str] = []
         self.receipt: dict[str, Any] = {}
 
-    def ready(self, engine: EngineBoundary) -> None:
+    def ready(self, engine: EngineBoundary, expose_paths: bool = False) -> None:
         self.models = list(engine.list_models())
         self.teachers = [m.name for m in self.models if m.role == "teacher"]
-        self.receipt = dict(engine.receipt())
+        receipt = dict(engine.receipt())
+        self.receipt = receipt if expose_paths else redact_paths(receipt)
         self.engine = engine
+
+
+LOCAL_PATH = "<local path>"
+
+
+def redact_paths(value: Any, key: str | None = None) -> Any:
+    """The receipt without the server's file-system paths (model digests identify the models).
+
+    A ``path`` value, or a ``model`` value that names a file or folder rather than a built-in name,
+    becomes ``"<local path>"``.
+    """
+    if isinstance(value, dict):
+        return {k: redact_paths(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_paths(v) for v in value]
+    if isinstance(value, str) and key in ("path", "model", "db", "dataset") and _looks_like_path(value):
+        return LOCAL_PATH
+    return value
+
+
+def _looks_like_path(text: str) -> bool:
+    # A hub name ("org/model") is not a path unless a file or folder of that name exists here.
+    return os.path.isabs(text) or text.startswith(("~", "./", "../")) or os.path.exists(text)
 
 
 @dataclass(frozen=True)
@@ -176,13 +214,20 @@ class GradAlignService:
         targets: list[str] | None,
         cancel: CancelToken,
     ) -> tuple[str, dict[str, Any]]:
-        """(tree id, summary dict with ``cache_hit``): from the store, or built on the engine's worker."""
+        """(tree id, summary dict with ``cache_hit``): from the store, or built on the engine's worker.
+
+        Identical concurrent requests (same tree id) share one build.
+        """
+        self.engine.check_question(question, sampling, targets)
         check_budget(rollouts, sampling, self.limits.max_request_tokens)
         tree_id = self.engine.tree_id(question, rollouts, sampling, seed, targets)
         summary = self.store.get_tree_summary(tree_id)
         if summary is None:
             summary = self.jobs.run(
-                "build_tree", lambda c: self._build(question, rollouts, sampling, seed, targets, tree_id, c), cancel
+                "build_tree",
+                lambda c: self._build(question, rollouts, sampling, seed, targets, tree_id, c),
+                cancel,
+                key=("tree", tree_id),
             )
         else:
             summary = {**summary, "cache_hit": True}
@@ -233,12 +278,15 @@ class GradAlignService:
         return [r for t in teachers for m in analysis.methods for r in found[(t, m)]]
 
     def _score(self, tree_id: str, teachers: list[str], analysis: AnalysisConfig, keys: dict[str, str], cancel):
-        tree = RolloutTree.from_dict(self.store.get_tree(tree_id) or _missing_tree(tree_id))
-        records = self.jobs.run(
-            "score_tree",
-            lambda c: self.engine.score_tree(tree, teachers, list(analysis.methods), analysis=analysis, cancel=c),
-            cancel,
+        """Score on the worker and store the records there; identical concurrent requests share one job."""
+        key = ("records", tree_id, tuple(teachers), tuple(analysis.methods), tuple(keys[t] for t in teachers))
+        return self.jobs.run(
+            "score_tree", lambda c: self._score_on_worker(tree_id, teachers, analysis, keys, c), cancel, key=key
         )
+
+    def _score_on_worker(self, tree_id, teachers, analysis, keys, cancel) -> dict[tuple[str, str], list]:
+        tree = RolloutTree.from_dict(self.store.get_tree(tree_id) or _missing_tree(tree_id))
+        records = self.engine.score_tree(tree, teachers, list(analysis.methods), analysis=analysis, cancel=cancel)
         grouped: dict[tuple[str, str], list[AlignmentRecord]] = {(t, m): [] for t in teachers for m in analysis.methods}
         for record in records:
             grouped.setdefault((record.teacher, record.method), []).append(record)

@@ -166,11 +166,27 @@ class GradAlignServicer(pb_grpc.GradAlignServicer):
     def _question(self, request):
         if not request.HasField("question"):
             raise ConfigError("question", None, "required")
+        self._check_sizes(request.question)
         try:
             return wire.question_from_message(request.question)
         except DatasetError as exc:
             field = {"question": "text"}.get(exc.field_name, exc.field_name)
             raise ConfigError(f"question.{field}", exc.value, exc.reason) from None
+
+    def _check_sizes(self, question) -> None:
+        """Bound every text a question carries before anything reads it (tokenizing a megabyte takes time)."""
+        limit = self.service.limits.max_text_chars
+        texts = [("id", question.id, 256), ("text", question.text, limit), ("answer", question.answer, 10_000)]
+        texts += [("solution", question.solution, limit), ("verifier", question.verifier, 64)]
+        texts += [(f"choices[{i}]", c, 10_000) for i, c in enumerate(question.choices)]
+        for name, text, most in texts:
+            if len(text) > most:
+                raise ConfigError(f"question.{name}", f"{len(text)} characters", f"at most {most}")
+        if len(question.choices) > 26:
+            raise ConfigError("question.choices", f"{len(question.choices)} options", "at most 26")
+        extra = question.extra.ByteSize() if question.HasField("extra") else 0
+        if extra > limit:
+            raise ConfigError("question.extra", f"{extra} bytes", f"at most {limit}")
 
     def _rollout_settings(self, request) -> tuple[RolloutConfig, SamplingConfig]:
         config = self.service.engine.config
@@ -199,6 +215,15 @@ class GradAlignServicer(pb_grpc.GradAlignServicer):
             raise ConfigError("seed", request.seed, "must be an integer in [0, 2^63)")
         return int(request.seed)
 
+    @staticmethod
+    def _names(field: str, names) -> list[str]:
+        if len(names) > 256:
+            raise ConfigError(field, f"{len(names)} names", "at most 256")
+        for name in names:
+            if not name or len(name) > 128:
+                raise ConfigError(field, name, "not a teacher name")
+        return list(names)
+
     def _tree_ids(self, ids) -> list[str]:
         ids = list(dict.fromkeys(ids))
         if not ids:
@@ -226,7 +251,8 @@ class GradAlignServicer(pb_grpc.GradAlignServicer):
         question = self._question(request)
         rollouts, sampling = self._rollout_settings(request)
         seed = self._seed(request)
-        targets = self.service.teachers(request.target_teachers) if request.target_teachers else None
+        names = self._names("target_teachers", request.target_teachers)
+        targets = self.service.teachers(names) if names else None
         tree_id, summary = self.service.build_tree(question, rollouts, sampling, seed, targets, call.cancel)
         call.fields.update(tree_id=tree_id, question_id=question.id)
         call.fields.update(
@@ -242,7 +268,6 @@ class GradAlignServicer(pb_grpc.GradAlignServicer):
     @_rpc()
     def ScoreTeacher(self, request, context, call):
         tree_ids = self._tree_ids(request.tree_ids)
-        teachers = self.service.teachers(request.teachers)
         analysis = self._analysis(request)
         seed = self._seed(request)
         seed = self.service.engine.config.seed if seed is None else seed
@@ -251,6 +276,7 @@ class GradAlignServicer(pb_grpc.GradAlignServicer):
         )
         if not 0.0 < confidence < 1.0:
             raise ConfigError("confidence", confidence, "must be in (0, 1)")
+        teachers = self.service.teachers(self._names("teachers", request.teachers))
         call.fields.update(trees=len(tree_ids), teachers=",".join(teachers), methods=",".join(analysis.methods))
         report, cache_hit = self.service.score(
             tree_ids,
@@ -278,13 +304,17 @@ class GradAlignServicer(pb_grpc.GradAlignServicer):
     @_rpc(stream=True)
     def StreamAlignments(self, request, context, call) -> Iterator[pb.StreamAlignmentsResponse]:
         tree_ids = self._tree_ids(request.tree_ids)
-        teachers = self.service.teachers(request.teachers)
         analysis = self._analysis(request)
         min_depth = request.min_depth if request.HasField("min_depth") else None
         max_depth = request.max_depth if request.HasField("max_depth") else None
         if min_depth is not None and max_depth is not None and min_depth > max_depth:
             raise ConfigError("max_depth", max_depth, f"must be >= min_depth ({min_depth})")
-        keep = RecordFilter(_SPLITS.get(request.split), request.include_skipped, min_depth, max_depth)
+        if request.split not in _SPLITS:
+            raise ConfigError(
+                "split", request.split, f"unknown split; use one of {sorted(_SPLITS)} (gradalign.v1.Split)"
+            )
+        keep = RecordFilter(_SPLITS[request.split], request.include_skipped, min_depth, max_depth)
+        teachers = self.service.teachers(self._names("teachers", request.teachers))
         call.fields.update(trees=len(tree_ids), teachers=",".join(teachers), methods=",".join(analysis.methods))
         for record in self.service.stream(
             tree_ids, teachers, analysis, keep, call.cancel, on_scored=lambda n: call.count("records_scored", n)
