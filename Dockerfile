@@ -8,6 +8,10 @@
 # The config names models by path under /models (e.g. model = "/models/Qwen3-0.6B", backend = "vllm");
 # weights are mounted, never baked in. Trees, records and reports persist in /data/gradalign.sqlite.
 # Clients: `pip install gradalign` (grpcio + protobuf only), then `gradalign vet --server HOST:50051 ...`.
+#
+# Several GPUs, or a Ray cluster: append `--executor ray --ray-workers N --ray-gpus-per-worker 1` to the
+# run command (one engine actor per GPU, each with its models resident; README "Scaling out"); add
+# `--ray-address HEAD:6379` to join an existing cluster instead of starting one in the container.
 
 # The vLLM image brings CUDA, a matching torch and vLLM; gradalign must not replace that torch.
 FROM vllm/vllm-openai:v0.32.0
@@ -23,9 +27,9 @@ COPY gradalign_engine ./gradalign_engine
 COPY server ./server
 COPY client ./client
 
-# Dependencies come from pyproject.toml (base + engine + server extras) minus the pinned CPU torch and
+# Dependencies come from pyproject.toml (base + engine + server + ray extras) minus the pinned CPU torch and
 # transformers, so the image keeps vLLM's own builds of both; then gradalign itself without dependencies.
-RUN python3 -c "import tomllib, subprocess, sys; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extra = p['optional-dependencies']; deps = p['dependencies'] + [d for d in extra['engine'] + extra['server'] if not d.startswith(('torch', 'transformers', 'gradalign'))]; subprocess.check_call([sys.executable, '-m', 'pip', 'install', '--no-cache-dir', *deps])" \
+RUN python3 -c "import tomllib, subprocess, sys; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extra = p['optional-dependencies']; deps = p['dependencies'] + [d for d in extra['engine'] + extra['server'] + extra['ray'] if not d.startswith(('torch', 'transformers', 'gradalign'))]; subprocess.check_call([sys.executable, '-m', 'pip', 'install', '--no-cache-dir', *deps])" \
  && python3 -m pip install --no-cache-dir --no-deps . \
  && gradalign --help > /dev/null \
  && python3 -c "import gradalign_server, vllm, torch; print('gradalign server ready; torch', torch.__version__, 'vllm', vllm.__version__)"

@@ -1,11 +1,14 @@
-"""BuildTree throughput and prefix sharing, measured side by side with raw batched `generate`.
+"""BuildTree throughput and prefix sharing, measured side by side with raw batched `generate` and the ceiling.
 
 Reports, as JSON (bench/results/buildtree.json):
-- raw: HF `model.generate` (sampling, batch = num_rollouts copies of one prompt, same max_new_tokens)
-  generated tokens per second, on the same model and dtype, run just before and after BuildTree;
+- ceiling: the matmul peak of this CPU in the run's dtype (GFLOP/s of square matmuls, measured here),
+  and the model's FLOPs per token (2 x parameters), so every throughput is also a fraction of it;
+- raw: HF `model.generate` (sampling, copies of one prompt, same max_new_tokens) generated tokens per
+  second at batch 8, 32 and 128 and at BuildTree's own mean batch (rows per forward, measured), on the
+  same model and dtype, run just before and after BuildTree;
 - buildtree: generated tokens (rollouts + continuations) per second of whole `Engine.build_tree`
   calls (rollouts, scoring passes, node choice, continuations, verification all included);
-- ratio = buildtree / raw tokens per second;
+- ratio = buildtree / raw tokens per second at the matched batch (and at each measured batch);
 - forwarded: the student's forwarded token positions during BuildTree vs the tree's unique tokens
   (distinct prefixes of prompt + completions, the prompt counted once), after removing the teacher
   passes (teacher prompt + rollout per teacher per rollout), which are reported separately.
@@ -17,7 +20,6 @@ Usage: .venv/bin/python bench/bench_buildtree.py [--questions 2] [--rollouts 8] 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -31,7 +33,7 @@ from gradalign_engine.pipeline import Engine
 from gradalign_engine.prompts import render_prompt
 
 NAME = "buildtree"
-SMOKE = {"questions": 1, "rollouts": 4, "max_new_tokens": 12, "continuations": 2, "nodes_per_path": 2}
+SMOKE = {"questions": 1, "rollouts": 4, "max_new_tokens": 12, "continuations": 2, "nodes_per_path": 2, "batches": "2,4"}
 
 
 def unique_tokens(tree) -> int:
@@ -118,6 +120,7 @@ def measure_tree(engine: Engine, question) -> tuple[dict, float]:
         "seconds": round(seconds, 3),
         "generated_tokens": after["generated_tokens"] - before["generated_tokens"],
         "student_forwarded": forwarded - teacher_tokens,
+        "forward_calls": after["forward_calls"] - before["forward_calls"],
         "teacher_forwarded": teacher_tokens,
         "unique_tokens": unique_tokens(tree),
         "rollouts": len(tree.rollouts),
@@ -135,7 +138,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--continuations", type=int, default=4)
     ap.add_argument("--nodes-per-path", type=int, default=4)
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="float32", help="float32 or bfloat16 (the ceiling is measured in the same)")
+    ap.add_argument("--batches", default="8,32,128", help="raw generate batch sizes to compare with")
     ap.add_argument("--tiny", default=None, help="a tiny model directory instead of SmolLM2 (smoke runs)")
     ap.add_argument("--out", default=None, help="result file (default bench/results/buildtree.json)")
     args = parse_args(ap, SMOKE, argv)
@@ -143,6 +147,22 @@ def parse(argv=None) -> argparse.Namespace:
     if args.smoke and not args.tiny:
         args.tiny = str(tiny_model_dir())
     return args
+
+
+def matmul_gflops(dtype: str, n: int = 1024, seconds: float = 2.0) -> float:
+    """The best GFLOP/s of n x n matmuls in ``dtype`` on this CPU's torch threads (the ceiling)."""
+    a = torch.randn(n, n, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, dtype=getattr(torch, dtype))
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def raw_sweep(backend, prompt, batches, args, temperature) -> dict:
+    return {str(b): raw_generate_tps(backend, prompt, b, args.max_new_tokens, temperature, repeats=1) for b in batches}
 
 
 def main(argv=None) -> int:
@@ -153,23 +173,27 @@ def main(argv=None) -> int:
     backend = engine.student
     questions = load_questions(bundled_dataset_path("demo"), limit=args.questions)
     prompt0 = render_prompt(backend.tokenizer, questions[0], config.prompt)
+    ceiling = matmul_gflops(args.dtype, 256 if args.smoke else 1024, 0.5 if args.smoke else 2.0)
+    flops_per_token = 2 * sum(p.numel() for p in backend.model.parameters())
 
-    raw_before = raw_generate_tps(backend, prompt0, args.rollouts, args.max_new_tokens, config.sampling.temperature)
+    batches = [int(b) for b in args.batches.split(",")]
+    raw_before = raw_sweep(backend, prompt0, batches, args, config.sampling.temperature)
     trees, built_seconds = [], 0.0
     for q in questions:
         record, seconds = measure_tree(engine, q)
         trees.append(record)
         built_seconds += seconds
         backend.clear_prefix_cache()
-    raw_after = raw_generate_tps(backend, prompt0, args.rollouts, args.max_new_tokens, config.sampling.temperature)
+    keys = ("generated_tokens", "student_forwarded", "teacher_forwarded", "unique_tokens", "forward_calls")
+    built = {k: sum(t[k] for t in trees) for k in keys}
+    matched = max(1, round(built["generated_tokens"] / max(built["forward_calls"], 1)))
+    raw_matched = raw_generate_tps(backend, prompt0, matched, args.max_new_tokens, config.sampling.temperature, 1)
+    raw_after = raw_sweep(backend, prompt0, batches, args, config.sampling.temperature)
     engine.close()
 
-    keys = ("generated_tokens", "student_forwarded", "teacher_forwarded", "unique_tokens")
-    built = {k: sum(t[k] for t in trees) for k in keys}
-    raw_tps = (raw_before["generated_tokens"] + raw_after["generated_tokens"]) / (
-        raw_before["seconds"] + raw_after["seconds"]
-    )
+    raw = {b: _combined(raw_before[b], raw_after[b]) for b in raw_before}
     tree_tps = built["generated_tokens"] / built_seconds
+    positions_per_s = (built["student_forwarded"] + built["teacher_forwarded"]) / built_seconds
     result = {
         "benchmark": "buildtree_vs_raw_generate",
         "model": model,
@@ -178,25 +202,39 @@ def main(argv=None) -> int:
         "torch_threads": torch.get_num_threads(),
         "machine": platform.platform(),
         "settings": {k: v for k, v in vars(args).items() if k != "smoke"},
-        "raw_generate": {"before": raw_before, "after": raw_after, "tokens_per_second": raw_tps},
+        "ceiling": {"matmul_gflops": ceiling, "flops_per_token": flops_per_token},
+        "raw_generate": {"by_batch": raw, "matched_batch": matched, "matched": raw_matched},
         "buildtree": {
             "generated_tokens": built["generated_tokens"],
             "seconds": round(built_seconds, 3),
             **{k: built[k] for k in keys[1:]},
             "tokens_per_second": tree_tps,
+            "mean_rows_per_forward": built["generated_tokens"] / max(built["forward_calls"], 1),
+            "fraction_of_ceiling_generated": tree_tps * flops_per_token / 1e9 / ceiling,
+            "fraction_of_ceiling_all_positions": positions_per_s * flops_per_token / 1e9 / ceiling,
         },
-        "throughput_ratio": tree_tps / raw_tps,
+        "throughput_ratio_matched": tree_tps / raw_matched["tokens_per_second"],
+        "throughput_ratio_by_batch": {b: tree_tps / r["tokens_per_second"] for b, r in raw.items()},
+        "raw_fraction_of_ceiling": {
+            b: r["tokens_per_second"] * flops_per_token / 1e9 / ceiling for b, r in raw.items()
+        },
         "forwarded_over_unique": built["student_forwarded"] / built["unique_tokens"],
         "trees": trees,
     }
     write_result(NAME, result, args.smoke, args.out)
-    print(json.dumps({k: result[k] for k in ("throughput_ratio", "forwarded_over_unique")}, indent=2))
     print(
-        f"raw generate {raw_tps:.1f} tok/s | BuildTree {tree_tps:.1f} tok/s | student forwarded "
-        f"{built['student_forwarded']} vs unique {built['unique_tokens']} | "
-        f"teacher forwarded {built['teacher_forwarded']}"
+        f"ceiling {ceiling:.0f} GFLOP/s ({flops_per_token / 1e9:.2f} GFLOP/token) | BuildTree {tree_tps:.1f} tok/s "
+        f"({result['buildtree']['fraction_of_ceiling_all_positions']:.0%} of the ceiling counting every forwarded "
+        f"position) | raw generate at the matched batch {matched}: {raw_matched['tokens_per_second']:.1f} tok/s "
+        f"(ratio {result['throughput_ratio_matched']:.2f}) | by batch "
+        + ", ".join(f"{b}: {r['tokens_per_second']:.0f}" for b, r in raw.items())
     )
     return 0
+
+
+def _combined(before: dict, after: dict) -> dict:
+    tokens, seconds = before["generated_tokens"] + after["generated_tokens"], before["seconds"] + after["seconds"]
+    return {"generated_tokens": tokens, "seconds": round(seconds, 3), "tokens_per_second": tokens / seconds}
 
 
 if __name__ == "__main__":

@@ -87,8 +87,9 @@ class TreeBuilder:
             report("nodes", len(nodes), len(nodes))
             active = apply_budget(nodes, rcfg)
             work = [(n, c, rcfg.continuations) for n in active for c in n.candidates]
-            tree.continuations.extend(self.continue_nodes(tree, work, scfg, seed, cancel, adaptive=False))
-            report("continuations", len(active), len(nodes))
+            tree.continuations.extend(
+                self.continue_nodes(tree, work, scfg, seed, cancel, adaptive=False, report=report)
+            )
             if rcfg.adaptive_continuations > 0 and active and adapt is not None:
                 adapt(active, node_rows)
             tree.nodes = sorted(nodes, key=lambda n: (n.rollout_index, n.depth))
@@ -112,8 +113,14 @@ class TreeBuilder:
             request = BranchRequest(
                 prefix=tuple(tree.prompt_ids), n=n, max_new_tokens=scfg.max_new_tokens, seed=batch_seed
             )
-            sampled = self.student.generate(
-                [request], temperature=scfg.temperature, top_p=scfg.top_p, top_k=scfg.top_k, cancel=cancel, retain=True
+            done = len(tree.rollouts)
+            sampled = sample(
+                self.student,
+                [request],
+                scfg,
+                cancel,
+                lambda k, _total, done=done: report("rollouts", done + k, rcfg.num_rollouts),
+                retain=True,
             )[0]
             for tokens in sampled:
                 verdict, text = self.judge(tree.question, tokens, scfg.max_new_tokens)
@@ -226,8 +233,10 @@ class TreeBuilder:
         seed: int,
         cancel: CancelToken | None,
         adaptive: bool,
+        report: ProgressFn | None = None,
     ) -> list[Continuation]:
         """Force each (node, candidate) and sample ``n`` continuations after it; verify them."""
+        report = report or (lambda stage, done, total: None)
         requests, owners, out = [], [], []
         for node, cand, n in work:
             base = tree.rollouts[node.rollout_index]
@@ -250,13 +259,8 @@ class TreeBuilder:
                 )
             )
             owners.append((node, cand))
-        results = (
-            self.student.generate(
-                requests, temperature=scfg.temperature, top_p=scfg.top_p, top_k=scfg.top_k, cancel=cancel
-            )
-            if requests
-            else []
-        )
+        stage = "adaptive" if adaptive else "continuations"
+        results = sample(self.student, requests, scfg, cancel, lambda k, n: report(stage, k, n)) if requests else []
         for (node, cand), samples in zip(owners, results):
             base = tree.rollouts[node.rollout_index]
             for suffix in samples:
@@ -338,3 +342,21 @@ def apply_budget(nodes: list[AnalysisNode], rcfg: RolloutConfig) -> list[Analysi
         else:
             spent += cost
     return [n for n in nodes if n.skip_reason is None]
+
+
+def sample(backend, requests, scfg: SamplingConfig, cancel, progress, retain: bool = False):
+    """``backend.generate`` with the run's sampling settings, passing ``progress`` when it takes one."""
+    kwargs = dict(temperature=scfg.temperature, top_p=scfg.top_p, top_k=scfg.top_k, cancel=cancel, retain=retain)
+    if _takes_progress(backend):
+        kwargs["progress"] = progress
+    return backend.generate(requests, **kwargs)
+
+
+def _takes_progress(backend) -> bool:
+    # Plug-in backends written before the progress hook keep working: it is passed only when accepted.
+    import inspect
+
+    try:
+        return "progress" in inspect.signature(backend.generate).parameters
+    except (TypeError, ValueError):
+        return False

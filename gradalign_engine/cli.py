@@ -3,6 +3,10 @@
 Reads a TOML run config and a JSONL dataset, builds one tree per question, scores every configured
 teacher and method, and writes per-node records (JSONL; the first line is the receipt) and a summary
 (receipt, tree summaries, the aggregate report). Knows files and argparse; the work is the Engine's.
+
+``--executor ray`` shards the questions over Ray actors (``ray_executor``), each building and scoring
+whole questions with its own resident models; records are written in question order, so the output
+is the one an in-process run writes for the same settings and seed.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def write_records(path: Path, receipt: dict, records) -> None:
     with path.open("w", encoding="utf-8") as fh:
         fh.write(json_line({"receipt": receipt}) + "\n")
         for record in records:
-            fh.write(json_line(record.to_dict()) + "\n")
+            fh.write(json_line(record if isinstance(record, dict) else record.to_dict()) + "\n")
 
 
 def build_parser(prog: str = "gradalign analyze") -> argparse.ArgumentParser:
@@ -40,9 +44,19 @@ def build_parser(prog: str = "gradalign analyze") -> argparse.ArgumentParser:
         "--dataset", required=True, help="JSONL dataset (id, question, answer, verifier, optional solution/choices)."
     )
     parser.add_argument("--limit", type=int, default=None, help="Analyse only the first N questions.")
-    parser.add_argument("--out", default="records.jsonl", help="Per-node records, JSONL (first line: the receipt).")
     parser.add_argument(
-        "--summary", default="summary.json", help="Receipt, tree summaries and the aggregate report, JSON."
+        "--out", default="gradalign-out/records.jsonl", help="Per-node records, JSONL (first line: the receipt)."
+    )
+    parser.add_argument(
+        "--summary",
+        default="gradalign-out/summary.json",
+        help="Receipt, tree summaries, the aggregate report and the cost (estimated and spent), JSON.",
+    )
+    parser.add_argument("--html", default=None, metavar="FILE", help="Also write the HTML report (gradalign report).")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Print the expected generated and teacher-scored tokens and time (a short calibration), then stop.",
     )
     parser.add_argument(
         "--teachers", default=None, help="Comma-separated teacher names to score (default: all configured)."
@@ -52,6 +66,9 @@ def build_parser(prog: str = "gradalign analyze") -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=None, help="Override the config's seed.")
     parser.add_argument("--quiet", action="store_true", help="No progress on stderr.")
+    from .ray_executor import add_executor_arguments
+
+    add_executor_arguments(parser)
     return parser
 
 
@@ -91,49 +108,187 @@ def _checked_inputs(args):
 
 def _analyze(args) -> int:
     config, questions, teachers, methods = _checked_inputs(args)
+    keep_prefix_ids = config.analysis.include_prefix_ids
+    config = _with_prefix_ids_for_html(config, args.html)
     from .aggregate import build_report
-    from .pipeline import Engine
+    from .cost import compare
+    from .ray_executor import executor_from_args
 
+    executor = executor_from_args(args)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     started = time.perf_counter()
-    engine = Engine(config)
-    say(
-        f"loaded student {engine.student.info.name} ({engine.student.info.backend}, {engine.student.info.dtype}) "
-        f"and {len(engine.teachers)} teacher(s) in {time.perf_counter() - started:.1f}s"
-    )
-    receipt = engine.receipt()
+    engine = _open_engine(config, executor)
+    say(_loaded_line(engine, executor, time.perf_counter() - started))
+    expected = engine.estimate(questions, teachers=teachers)
+    for line in expected.lines() if args.dry_run or not args.quiet else ():
+        print(line, file=sys.stdout if args.dry_run else sys.stderr, flush=True)
+    if args.dry_run:
+        engine.close()
+        return 0
+    receipt = _as_written(engine.receipt(), keep_prefix_ids)
     receipt["dataset"] = str(args.dataset)
-    records, summaries = [], []
-    out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w", encoding="utf-8") as out:
-        out.write(json_line({"receipt": receipt}) + "\n")
-        for n, question in enumerate(questions, 1):
-            tree = engine.build_tree(question)
-            recs = engine.score_tree(tree, teachers, methods)
-            for r in recs:
-                out.write(json_line(r.to_dict()) + "\n")
-            records.extend(recs)
-            summaries.append(dataclasses.asdict(tree.summary))
-            s = tree.summary
-            say(
-                f"[{n}/{len(questions)}] {question.id}: {s.correct}/{s.rollouts} correct, {s.nodes_analysed} nodes, "
-                f"{s.continuations} continuations, {s.tokens_generated} tokens, {s.seconds:.1f}s"
-            )
+    run_started, generated_before = time.perf_counter(), engine.student.counters.snapshot()["generated_tokens"]
+    records, summaries = _run_questions(
+        engine, questions, teachers, methods, receipt, Path(args.out), args.quiet, keep_prefix_ids
+    )
+    spent = {
+        "generated_tokens": engine.student.counters.snapshot()["generated_tokens"] - generated_before,
+        "seconds": round(time.perf_counter() - run_started, 2),
+    }
     report = build_report(records, config.analysis, seed=config.seed, trees=summaries)
     summary = {
         "receipt": receipt,
         "trees": summaries,
         "report": report.to_dict(),
+        "cost": {"estimate": expected.to_dict(), "spent": spent},
         "seconds": round(time.perf_counter() - started, 2),
     }
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
     Path(args.summary).write_text(json.dumps(json_safe(summary), indent=2))
+    if args.html:
+        from gradalign_client.html_report import write_html
+
+        title = f"gradalign analyze: {Path(args.dataset).name}"
+        write_html(
+            args.html,
+            [r.to_dict() for r in records],
+            json_safe(summary),
+            title=title,
+            token_texts=_token_texts(config, records),
+        )
     say(format_ranking(report))
-    say(f"wrote {len(records)} records to {args.out} and the summary to {args.summary}")
+    say(compare(expected, spent["generated_tokens"], spent["seconds"]))
+    say(
+        f"wrote {len(records)} records to {args.out} and the summary to {args.summary}"
+        + (f", {args.html}" if args.html else "")
+    )
     engine.close()
     return 0
+
+
+def _open_engine(config, executor):
+    """The local Engine, or with ``executor`` the Ray actors' RemoteEngine (no model in this process)."""
+    if executor is None:
+        from .pipeline import Engine
+
+        return Engine(config)
+    from .ray_executor import RemoteEngine
+
+    return RemoteEngine(config, executor)
+
+
+def _loaded_line(engine, executor, seconds: float) -> str:
+    student, *others = engine.list_models()
+    where = f" on {executor.workers} Ray worker(s)" if executor is not None else ""
+    return (
+        f"loaded student {student.name} ({student.backend}, {student.dtype}) "
+        f"and {len(others)} teacher(s){where} in {seconds:.1f}s"
+    )
+
+
+def _questions_done(engine, questions, teachers, methods, on_progress):
+    """(question, tree, records) in question order: one after the other in-process, sharded over Ray workers.
+
+    ``on_progress(question id, stage, done, total)`` runs on this thread either way.
+    """
+
+    def one(worker, question, cancel=None, report=None):
+        progress = report or (lambda stage, done, total: on_progress(question.id, stage, done, total))
+        tree = worker.build_tree(question, cancel=cancel, progress=progress)
+        return tree, worker.score_tree(tree, teachers, methods, cancel=cancel, progress=progress)
+
+    if not hasattr(engine, "worker_handles"):
+        for question in questions:
+            yield (question, *one(engine, question))
+        return
+    from .ray_executor import map_in_order
+
+    def retried(index, attempt, error):
+        print(f"gradalign analyze: {questions[index].id}: worker lost, retrying ({attempt}): {error}", file=sys.stderr)
+
+    shown = lambda i, event: on_progress(questions[i].id, *event)  # noqa: E731
+    for index, result in map_in_order(engine.worker_handles(), questions, one, on_progress=shown, on_retry=retried):
+        yield (questions[index], *result)
+
+
+def _with_prefix_ids_for_html(config, html: str | None):
+    """The run config, asking for prefix token ids when an HTML report will show each node in context."""
+    if not html or config.analysis.include_prefix_ids:
+        return config
+    return dataclasses.replace(config, analysis=dataclasses.replace(config.analysis, include_prefix_ids=True))
+
+
+def _as_written(receipt: dict, keep_prefix_ids: bool) -> dict:
+    """The receipt with include_prefix_ids as the JSONL has it (not as asked for the report)."""
+    config = receipt.get("config")
+    if isinstance(config, dict) and "include_prefix_ids" in config.get("analysis", {}):
+        analysis = {**config["analysis"], "include_prefix_ids": keep_prefix_ids}
+        receipt = {**receipt, "config": {**config, "analysis": analysis}}
+    return receipt
+
+
+def _jsonl_record(record, keep_prefix_ids: bool) -> dict:
+    row = record.to_dict()
+    if not keep_prefix_ids:
+        row["prefix_token_ids"] = None  # asked for the report only: the JSONL stays as configured
+    return row
+
+
+def _token_texts(config, records) -> dict[int, str] | None:
+    """Token id -> text for the prefix tokens in ``records`` (the report's node context), from the student's tokenizer.
+
+    None when the tokenizer cannot be loaded here (a Ray driver without the model files): the report
+    then shows the nodes without their prefix text.
+    """
+    ids = sorted({t for r in records for t in (r.prefix_token_ids or ())})
+    if not ids:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        from .models import resolve_model
+
+        resolved = resolve_model(config.student.model)
+        kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, **kwargs)
+    except (OSError, ValueError, ImportError) as exc:
+        print(
+            f"gradalign: the report shows no prefix text: the student's tokenizer did not load ({exc})", file=sys.stderr
+        )
+        return None
+    return {t: tokenizer.decode([t]) for t in ids}
+
+
+def _run_questions(
+    engine, questions, teachers, methods, receipt, out_path: Path, quiet: bool, keep_prefix_ids: bool = True
+):
+    """Build and score each question, writing records as they come (in question order); progress on stderr."""
+    from gradalign_client.progress import ProgressLine
+
+    bar = ProgressLine(len(questions), enabled=not quiet)
+    counters = engine.student.counters
+    records, summaries = [], []
+
+    def progress(qid, stage, done, total):
+        bar.stage(qid, stage, done, total, counters.snapshot()["generated_tokens"])
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w", encoding="utf-8") as out:
+        out.write(json_line({"receipt": receipt}) + "\n")
+        for question, tree, recs in _questions_done(engine, questions, teachers, methods, progress):
+            for r in recs:
+                out.write(json_line(_jsonl_record(r, keep_prefix_ids)) + "\n")
+            records.extend(recs)
+            summaries.append(dataclasses.asdict(tree.summary))
+            s = tree.summary
+            bar.finish_unit(
+                f"{question.id}: {s.correct}/{s.rollouts} correct, {s.nodes_analysed} nodes, {s.continuations} "
+                f"continuations, {s.seconds:.1f}s",
+                counters.snapshot()["generated_tokens"],
+            )
+    bar.close()
+    return records, summaries
 
 
 def format_ranking(report) -> str:
@@ -189,6 +344,12 @@ def build_study_parser(prog: str = "gradalign study") -> argparse.ArgumentParser
     parser.add_argument(
         "--rollouts", type=int, default=8, help="--survey: rollouts per question (default %(default)s)."
     )
+    parser.add_argument("--html", default=None, metavar="FILE", help="Also write the HTML report (gradalign report).")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Print the expected generated and teacher-scored tokens and time (a short calibration), then stop.",
+    )
     parser.add_argument("--quiet", action="store_true", help="No progress on stderr.")
     return parser
 
@@ -212,6 +373,8 @@ def _study(args, argv) -> int:
 
     config_path = Path(args.config) if args.config else bundled_config_path("study_smollm2")
     study, config = load_study_config(config_path)
+    keep_prefix_ids = config.analysis.include_prefix_ids
+    config = _with_prefix_ids_for_html(config, args.html)
     if args.questions is not None:
         study = dataclasses.replace(
             study, tasks=tuple(dataclasses.replace(t, questions=args.questions) for t in study.tasks)
@@ -229,12 +392,38 @@ def _study(args, argv) -> int:
         (out / "survey.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
         say(f"wrote {out / 'survey.json'}")
         return 0
-    result = run_study(study, config, root=config_path.parent, say=say)
+    if args.dry_run:
+        from .study import estimate_study
+
+        engine = Engine(config)
+        for line in estimate_study(engine, study, config_path.parent).lines():
+            print(line)
+        engine.close()
+        return 0
+    result = run_study(study, config, root=config_path.parent, say=say, show_progress=not args.quiet)
     records = result.pop("records")
-    write_records(out / "records.jsonl", result["receipt"], records)
+    result["receipt"] = _as_written(result["receipt"], keep_prefix_ids)
+    write_records(out / "records.jsonl", result["receipt"], [_jsonl_record(r, keep_prefix_ids) for r in records])
     result["command"] = command
     (out / "study.json").write_text(json.dumps(json_safe(result), indent=2))
     (out / "study.md").write_text(study_markdown(json.loads(json.dumps(json_safe(result))), command))
+    if args.html:
+        from gradalign_client.html_report import write_html
+
+        title = f"gradalign study: {config_path.stem}"
+        write_html(
+            args.html,
+            [r.to_dict() for r in records],
+            json_safe(result),
+            title=title,
+            token_texts=_token_texts(config, records),
+        )
+    cost = result["cost"]
+    if cost["estimate"]:
+        from .cost import CostEstimate, compare
+
+        estimate = CostEstimate.from_dict(cost["estimate"])
+        say(compare(estimate, cost["spent"]["generated_tokens"], cost["spent"]["seconds"]))
     say(
         f"wrote {out / 'study.md'}, {out / 'study.json'} and {len(records)} records to {out / 'records.jsonl'} "
         f"in {result['seconds'] / 60:.1f} min"

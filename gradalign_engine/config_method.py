@@ -9,14 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gradalign_client.names import METHOD_ALIASES as _METHOD_ALIASES  # one list for the engine and the client
+from gradalign_client.names import METHODS
+
 from .config_fields import check, check_bool, check_choice, check_int, check_number, setting
 from .errors import ConfigError
 
 __all__ = ["METHODS", "SamplingConfig", "PromptConfig", "RolloutConfig", "AnalysisConfig", "canonical_method"]
-
-#: Distillation methods whose update is compared with the ideal one.
-METHODS = ("forward_kl", "reverse_kl", "jsd", "single_sample", "minillm")
-_METHOD_ALIASES = {"fkl": "forward_kl", "rkl": "reverse_kl", "gkd": "jsd", "tinker": "single_sample"}
 
 
 def canonical_method(name: Any) -> str:

@@ -46,7 +46,19 @@ class ModelSpec:
         affects="resources",
     )
     vllm_kv_cache_bytes: int = setting(
-        2 * 1024**3, "vLLM only: KV-cache size in bytes (kv_cache_memory_bytes).", affects="resources"
+        2 * 1024**3, "vLLM only: KV-cache size in bytes per GPU (kv_cache_memory_bytes).", affects="resources"
+    )
+    vllm_scoring: str = setting(
+        "vllm",
+        "vLLM only: where exact full-vocabulary scoring runs: 'vllm' (the vLLM engine itself, one copy of the "
+        "weights) or 'twin' (a transformers copy of the weights on the same device; a warning says when it loads). "
+        "Both agree with the HF backend to ~1e-5 in float32.",
+        affects="resources",
+    )
+    vllm_tensor_parallel_size: int = setting(
+        1,
+        "vLLM only: GPUs one model is split over (tensor parallelism), for models too large for one GPU.",
+        affects="resources",
     )
 
     def __post_init__(self) -> None:
@@ -63,6 +75,15 @@ class ModelSpec:
         check_int(self, "prefix_cache_bytes", 0)
         check_int(self, "forward_slice_tokens", 0)
         check_int(self, "vllm_kv_cache_bytes", 1, reason="must be a positive integer")
+        check_choice(self, "vllm_scoring", ("vllm", "twin"), "must be 'vllm' or 'twin'")
+        check_int(self, "vllm_tensor_parallel_size", 1, 1024)
+        if self.vllm_scoring == "twin" and self.vllm_tensor_parallel_size > 1:
+            check(
+                False,
+                "vllm_scoring",
+                self.vllm_scoring,
+                "the twin holds the whole model on one device: with vllm_tensor_parallel_size > 1 use 'vllm'",
+            )
 
 
 @dataclass(frozen=True)

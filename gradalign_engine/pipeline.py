@@ -12,13 +12,14 @@ The engine works on token ids through a backend; it never sees protobuf, storage
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from . import identity
 from .adaptive import spend_adaptive_budget
 from .backends import Backend, CancelToken
 from .build import ProgressFn, TreeBuilder, depth_windows
 from .config import AnalysisConfig, ConfigError, RolloutConfig, RunConfig, SamplingConfig, canonical_method
+from .cost import CostEstimate
 from .data import Question
 from .errors import PreconditionError
 from .identity import derive_seed
@@ -35,9 +36,16 @@ __all__ = ["Engine", "ModelEntry", "derive_seed", "depth_windows", "ProgressFn"]
 class Engine:
     """Student and teachers resident in memory; builds trees and scores teachers."""
 
-    def __init__(self, config: RunConfig, *, backends: Mapping[str, Backend] | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        backends: Mapping[str, Backend] | None = None,
+        on_loaded: Callable[[str, str, float], None] | None = None,
+    ):
+        """Load the student and every teacher; ``on_loaded(role, name, seconds)`` after each model."""
         self.config = config
-        self.models = ResidentModels(config, backends)
+        self.models = ResidentModels(config, backends, on_loaded=on_loaded)
         self.student, self.teachers = self.models.student, self.models.teachers
         self.builder = TreeBuilder(self.student, self.teachers, config.analysis, self.models.judge, self.models.screen)
 
@@ -113,6 +121,36 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ the two operations
+    def estimate(
+        self,
+        questions: Sequence[Question],
+        *,
+        rollouts: RolloutConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        target_teachers: Sequence[str] | None = None,
+        teachers: Sequence[str] | None = None,
+    ) -> CostEstimate:
+        """Expected tokens and time of building and scoring ``questions``, from a calibration on this student."""
+        from . import cost
+
+        if not questions:
+            raise ConfigError("questions", [], "name at least one question")
+        sampling = sampling or self.config.sampling
+        rollouts = rollouts or self.config.rollouts
+        targets = self.models.targets(target_teachers)
+        scored = list(teachers) if teachers is not None else list(self.teachers)
+        calibration = cost.calibrate(self.student, questions[0], self.config.prompt, sampling, seed=self.config.seed)
+        prompts = [len(render_prompt(self.student.tokenizer, q, self.config.prompt)) for q in questions]
+        return cost.estimate(
+            questions,
+            rollouts,
+            sampling,
+            calibration,
+            target_teachers=len(targets),
+            scored_teachers=len(scored),
+            prompt_tokens=prompts,
+        )
+
     def check_question(
         self, question: Question, sampling: SamplingConfig | None = None, target_teachers: Sequence[str] | None = None
     ) -> None:
@@ -165,7 +203,9 @@ class Engine:
         rcfg, scfg = RolloutConfig(**settings["rollouts"]), SamplingConfig(**settings["sampling"])
 
         def adapt(active, node_rows):
-            run = lambda work: self.builder.continue_nodes(tree, work, scfg, settings["seed"], cancel, adaptive=True)  # noqa: E731
+            run = lambda work: self.builder.continue_nodes(  # noqa: E731
+                tree, work, scfg, settings["seed"], cancel, adaptive=True, report=progress
+            )
             spend_adaptive_budget(
                 tree, active, rcfg, scfg, targets, node_rows, self.config.analysis, set(self.student.eos_token_ids), run
             )
@@ -181,6 +221,7 @@ class Engine:
         *,
         analysis: AnalysisConfig | None = None,
         cancel: CancelToken | None = None,
+        progress: ProgressFn | None = None,
     ) -> list[AlignmentRecord]:
         """Per-node alignment records of each teacher x method on ``tree``."""
         acfg = analysis or self.config.analysis
@@ -192,4 +233,4 @@ class Engine:
         if tree.settings.get("student", {}).get("model_hash") not in (None, self.student.info.model_hash):
             raise PreconditionError(f"tree {tree.tree_id} was built by a different student model than the one loaded")
         scorer = TreeScorer(self.student, self.teachers, acfg, self.models.screen, cancel)
-        return scorer.records(tree, list(teachers), methods)
+        return scorer.records(tree, list(teachers), methods, progress)

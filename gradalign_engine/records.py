@@ -75,7 +75,7 @@ class AlignmentRecord:
 
     question_id: str
     tree_id: str
-    rollout_index: int  # the lowest-index base rollout through the node (its representative)
+    rollout_index: int  # the base rollout that represents the node (one of rollout_indices; its tokens and passes)
     rollout_correct: bool | None  # every rollout through the node correct (True), incorrect (False), or mixed (None)
     depth: int  # t: tokens of the completion before node u
     path_length: int  # T: completion length of the representative rollout

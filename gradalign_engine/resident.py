@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -48,10 +49,13 @@ class ModelEntry:
 class ResidentModels:
     """The student and its teachers, loaded once."""
 
-    def __init__(self, config: RunConfig, backends: Mapping[str, Backend] | None = None):
+    def __init__(self, config: RunConfig, backends: Mapping[str, Backend] | None = None, on_loaded=None):
         backends = dict(backends or {})
         self.config = config
+        loaded = on_loaded or (lambda role, name, seconds: None)
+        started = time.perf_counter()
         self.student: Backend = backends.pop("student", None) or load_backend(config.student)
+        loaded("student", self.student.info.name, time.perf_counter() - started)
         self.judge = Judge(self.student.tokenizer, self.student.eos_token_ids)
         self.summaries: LruCache[tuple[str, str, str], str] = LruCache(SUMMARY_CACHE_SIZE)
         self.screens: LruCache[tuple[str, str, str], bool] = LruCache(SCREEN_CACHE_SIZE)
@@ -60,8 +64,10 @@ class ResidentModels:
             if spec.kind == "self":
                 backend = self.student
             else:
+                started = time.perf_counter()
                 backend = backends.pop(spec.name, None) or load_backend(spec.model)
                 check_tokenizer_compatibility(self.student.tokenizer, backend.tokenizer, spec.name)
+                loaded("teacher", spec.name, time.perf_counter() - started)
             self.teachers[spec.name] = Teacher(spec, backend, config.prompt, summarize=self._summarizer(spec))
 
     def teacher(self, name: str) -> Teacher:

@@ -115,17 +115,23 @@ class TreeScorer:
         self.screen = screen
         self.cancel = cancel
 
-    def records(self, tree: RolloutTree, teachers: Sequence[str], methods: Sequence[str]) -> list[AlignmentRecord]:
+    def records(
+        self, tree: RolloutTree, teachers: Sequence[str], methods: Sequence[str], progress=None
+    ) -> list[AlignmentRecord]:
+        """Records of every node x teacher x method; ``progress("scoring", done, total)`` per teacher."""
+        report = progress or (lambda stage, done, total: None)
+        report("scoring", 0, len(teachers))
         rcfg = RolloutConfig(**tree.settings["rollouts"])
         sampling = SamplingConfig(**tree.settings["sampling"])
         counter = tree.counter()
         student = self._student_passes(tree, sampling)
         supports = [self._support(tree, node, counter, rcfg, student) for node in tree.nodes]
         records: list[AlignmentRecord] = []
-        for name in teachers:
+        for done, name in enumerate(teachers, 1):
             views = self._teacher_views(self.teachers[name], tree, need_paths="minillm" in methods)
             for support, view in zip(supports, views):
                 records.extend(self._node_records(tree, support, view, student, name, methods, rcfg))
+            report("scoring", done, len(teachers))
         return records
 
     # ------------------------------------------------------------------ student side

@@ -177,32 +177,39 @@ class TaskResult:
     seconds: float = 0.0
 
 
-def _run_task(engine: Engine, task: TaskSpec, study: StudyConfig, root: Path | None, say: Say) -> TaskResult:
+def _run_task(engine: Engine, task: TaskSpec, study: StudyConfig, root: Path | None, say: Say, bar=None) -> TaskResult:
     result = TaskResult(name=task.name)
     started = time.perf_counter()
     questions = task.load(root)
     teachers, methods = [t.name for t in engine.config.teachers], list(engine.config.analysis.methods)
+    counters = engine.student.counters
     for n, question in enumerate(questions, 1):
-        tree = engine.build_tree(question)
+        label = f"{task.name} {question.id}"
+
+        def progress(stage, done, total, label=label):
+            if bar is not None:
+                bar.stage(label, stage, done, total, counters.snapshot()["generated_tokens"])
+
+        tree = engine.build_tree(question, progress=progress)
         summary = dataclasses.asdict(tree.summary)
         result.trees.append(summary)
         result.questions += 1
-        if tree.summary.screened_out:
-            result.screened_out += 1
-            say(
-                f"[{task.name} {n}/{len(questions)}] {question.id}: screened out "
-                f"({tree.summary.screen_successes}/{tree.summary.screen_rollouts} correct)"
-            )
-            continue
-        result.records.extend(engine.score_tree(tree, teachers, methods))
-        if study.context_samples:
-            result.contexts.append(in_context_counts(engine, tree, study.context_samples, engine.config.seed))
         s = tree.summary
-        say(
-            f"[{task.name} {n}/{len(questions)}] {question.id}: {s.correct}/{s.rollouts} correct, "
-            f"{s.nodes_analysed} nodes, "
-            f"{s.continuations} continuations, {s.seconds:.0f}s (elapsed {time.perf_counter() - started:.0f}s)"
-        )
+        if s.screened_out:
+            result.screened_out += 1
+            note = f"{label}: screened out ({s.screen_successes}/{s.screen_rollouts} correct)"
+        else:
+            result.records.extend(engine.score_tree(tree, teachers, methods, progress=progress))
+            if study.context_samples:
+                result.contexts.append(in_context_counts(engine, tree, study.context_samples, engine.config.seed))
+            note = (
+                f"{label}: {s.correct}/{s.rollouts} correct, {s.nodes_analysed} nodes, {s.continuations} "
+                f"continuations, {s.seconds:.0f}s"
+            )
+        if bar is not None:
+            bar.finish_unit(note, counters.snapshot()["generated_tokens"])
+        else:
+            say(f"[{task.name} {n}/{len(questions)}] {note} (elapsed {time.perf_counter() - started:.0f}s)")
     result.seconds = time.perf_counter() - started
     return result
 
@@ -218,14 +225,34 @@ def run_study(
     root: Path | None = None,
     say: Say = lambda s: None,
     engine: Engine | None = None,
+    show_progress: bool = False,
+    estimate_first: bool = True,
 ) -> dict[str, Any]:
-    """Run every task and return the study's results as plain data (see the module docstring)."""
+    """Run every task and return the study's results as plain data (see the module docstring).
+
+    ``show_progress``: a progress line on stderr (stage, tok/s, ETA). ``estimate_first``: estimate
+    the cost before running (a short calibration) and report it beside what was spent.
+    """
+    from gradalign_client.progress import ProgressLine
+
     started = time.perf_counter()
     engine = engine or Engine(config)
     loaded = time.perf_counter() - started
     say(f"loaded {engine.student.info.name} and {len(engine.teachers)} teachers in {loaded:.0f}s")
+    expected = estimate_study(engine, study, root) if estimate_first else None
+    for line in expected.lines() if expected else ():
+        say(line)
+    total = sum(len(task.load(root)) for task in study.tasks)
+    bar = ProgressLine(total) if show_progress else None
     generated_before = engine.student.counters.snapshot()["generated_tokens"]
-    tasks = [_run_task(engine, task, study, root, say) for task in study.tasks]
+    run_started = time.perf_counter()
+    tasks = [_run_task(engine, task, study, root, say, bar) for task in study.tasks]
+    if bar is not None:
+        bar.close()
+    spent = {
+        "generated_tokens": engine.student.counters.snapshot()["generated_tokens"] - generated_before,
+        "seconds": round(time.perf_counter() - run_started, 1),
+    }
     records = [r for t in tasks for r in t.records]
     trees = [tr for t in tasks for tr in t.trees]
     return {
@@ -233,12 +260,19 @@ def run_study(
         "study": dataclasses.asdict(study),
         "seconds": round(time.perf_counter() - started, 1),
         "load_seconds": round(loaded, 1),
-        "generated_tokens": engine.student.counters.snapshot()["generated_tokens"] - generated_before,
+        "generated_tokens": spent["generated_tokens"],
+        "cost": {"estimate": expected.to_dict() if expected else None, "spent": spent},
         "tasks": [_task_summary(engine, t) for t in tasks],
         "contexts": context_table([c for t in tasks for c in t.contexts]),
         "report": _report(engine, records, trees).to_dict(),
         "records": records,
     }
+
+
+def estimate_study(engine: Engine, study: StudyConfig, root: Path | None):
+    """The expected cost of every task's questions (an upper bound: screening drops some)."""
+    questions = [q for task in study.tasks for q in task.load(root)]
+    return engine.estimate(questions)
 
 
 def _task_summary(engine: Engine, task: TaskResult) -> dict[str, Any]:

@@ -41,6 +41,9 @@ MESSAGES = (
     "QuestionStats",
     "ScreenedQuestion",
     "Report",
+    "JobProgress",
+    "Calibration",
+    "CostEstimate",
 )
 _SCALARS = {
     FieldDescriptor.TYPE_STRING: ("str", '""'),

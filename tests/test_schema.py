@@ -23,7 +23,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from gradalign_client._convert import message_to_dict
 from gradalign_client._proto.gradalign.v1 import gradalign_pb2 as pb
-from gradalign_engine import aggregate, records, resident, tree
+from gradalign_engine import aggregate, cost, records, resident, tree
 from gradalign_server import _wire
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +39,8 @@ PAIRS = [
     (aggregate.RankEntry, pb.RankEntry),
     (aggregate.QuestionStats, pb.QuestionStats),
     (aggregate.ScreenedQuestion, pb.ScreenedQuestion),
+    (cost.CostEstimate, pb.CostEstimate),
+    (cost.Calibration, pb.Calibration),
 ]
 _KINDS = {
     str: {FieldDescriptor.TYPE_STRING},

@@ -321,7 +321,10 @@ def test_serve_command_sigterm_drains_and_exits(tiny_model_dir, tmp_path):
             assert client.build_tree(QUESTION).summary.rollouts == 2
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=60)[1]
-        events = [json.loads(line)["event"] for line in lines + rest.splitlines(True) if line.startswith("{")]
+        everything = [line for line in lines + rest.splitlines(True) if line.strip()]
+        not_json = [line for line in everything if not line.startswith("{")]
+        assert not not_json, f"stderr is not JSON only: {not_json[:3]}"
+        events = [json.loads(line)["event"] for line in everything]
         assert proc.returncode == 0, rest
         assert "rpc" in events and events[-1] == "shutdown_done" and "shutdown_begin" in events
     finally:

@@ -2,12 +2,16 @@
 
 They run in the vLLM virtual environment (``scripts/run_vllm_tests.sh``); the main suite, which has
 no vllm, skips the whole module. The HF backend is the reference: same shapes and conventions for
-``generate``, the same (exact) numbers for ``score``.
+``generate``, the same (exact) numbers for ``score``, which the vLLM backend computes on its own
+engine (the module's ``vb`` never loads the transformers twin; one test loads it on a second engine).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,6 +24,7 @@ import torch  # noqa: E402
 from gradalign_engine.backends import Backend, BranchRequest, CancelToken  # noqa: E402
 from gradalign_engine.backends.hf import HFBackend  # noqa: E402
 from gradalign_engine.backends.vllm_backend import VLLMBackend, branch_seed  # noqa: E402
+from gradalign_engine.backends.vllm_setup import fitting_model_len, llm_kwargs  # noqa: E402
 from gradalign_engine.config import (  # noqa: E402
     AnalysisConfig,
     ModelSpec,
@@ -36,10 +41,29 @@ KV_BYTES = 256 * 1024**2
 PROMPT = (8, 9, 10, 11, 12)
 OTHER = (13, 14, 8)
 SAMPLE = dict(temperature=1.0, top_p=1.0, top_k=0)
+TEMPERATURES = (1.0, 0.7, 1.6)
 
 
 def vllm_spec(model_dir) -> ModelSpec:
     return ModelSpec(model=str(model_dir), backend="vllm", device="cpu", vllm_kv_cache_bytes=KV_BYTES)
+
+
+@dataclasses.dataclass(frozen=True)
+def tokens(n: int, step: int, start: int = 0) -> tuple[int, ...]:
+    """n word tokens of the tiny vocabulary (ids 8..37), in a pattern set by ``step``."""
+    return tuple((start + step * k) % 30 + 8 for k in range(n))
+
+
+def assert_exact(got, want) -> None:
+    """Same shapes; probabilities within 1e-4 and log-probabilities within 1e-4 (float32); rows normalised."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == torch.float32
+        if len(g) == 0:
+            continue
+        assert (g.exp() - w.exp()).abs().max().item() <= 1e-4
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-4)
+        torch.testing.assert_close(torch.logsumexp(g, -1), torch.zeros(len(g)), rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -144,49 +168,103 @@ def test_zero_new_tokens_or_forced_eos_give_empty_continuations_without_vllm(vb,
     assert hb.generate(requests, **SAMPLE) == out
 
 
-def test_counters_count_generated_tokens(vb):
+def test_counters_count_generated_tokens_and_progress_reaches_the_total(vb):
     before = vb.counters.snapshot()
-    out = vb.generate([BranchRequest(prefix=PROMPT, forced=(20,), n=3, max_new_tokens=9, seed=5)], **SAMPLE)
+    reports = []
+    requests = [
+        BranchRequest(prefix=PROMPT, forced=(20, 1), n=3, max_new_tokens=9, seed=5),  # 1 is <eos>: ends at once
+        BranchRequest(prefix=OTHER, n=2, max_new_tokens=30, seed=6),
+    ]
+    out = vb.generate(requests, progress=lambda done, total: reports.append((done, total)), **SAMPLE)
     after = vb.counters.snapshot()
-    assert after["generated_tokens"] - before["generated_tokens"] == sum(len(s) for s in out[0])
+    assert after["generated_tokens"] - before["generated_tokens"] == sum(len(s) for o in out for s in o)
     assert after["forward_calls"] > before["forward_calls"]
+    assert reports and reports[-1] == (8, 8) and all(t == 8 for _, t in reports)
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports)  # never goes back
 
 
-def test_exact_scoring_routes_through_the_twin_and_shares_its_counters(vb):
-    # The twin is an HFBackend, so its numbers are the HF backend's by construction; what is tested
-    # here is the routing and the bookkeeping. vLLM's own numbers are compared in the next test.
-    contexts, completions = [list(PROMPT), [5]], [[20, 21, 22, 1], [6, 7, 8]]
+def test_default_scoring_is_exact_on_vllm_without_a_twin(vb, hb):
+    long_context = tokens(300, 7)  # longer than a CPU prefix-cache block (128 tokens): prefilled once
+    contexts = [PROMPT, OTHER, (5,), long_context, long_context, PROMPT]
+    completions = [(20, 21, 22, 1), (9, 10), (6,), (12, 13, 14, 15, 16), (17, 18), ()]
     before = vb.counters.snapshot()["scored_tokens"]
-    got = vb.score(contexts, completions, temperature=0.7)
-    assert vb.twin_loaded and isinstance(vb.scorer(), HFBackend) and vb.scorer().counters is vb.counters
-    assert [g.shape for g in got] == [(4, 40), (3, 40)] and all(g.dtype == torch.float32 for g in got)
-    assert vb.counters.snapshot()["scored_tokens"] - before == 7
+    for temperature in TEMPERATURES:
+        got = vb.score(contexts, completions, temperature=temperature)
+        assert_exact(got, hb.score(contexts, completions, temperature=temperature))
+    assert vb.counters.snapshot()["scored_tokens"] - before == len(TEMPERATURES) * sum(map(len, completions))
+    assert vb.scoring == "vllm" and not vb.twin_loaded  # no transformers copy of the weights was loaded
 
 
-def test_vllm_full_vocabulary_scoring_agrees_with_the_twin(vb, hb):
-    contexts = [list(PROMPT), list(OTHER)]
-    completions = [[20, 21, 22, 1], [9, 10]]
-    for temperature in (1.0, 0.5):
-        got = vb.score_vllm(contexts, completions, temperature=temperature)
-        want = hb.score(contexts, completions, temperature=temperature)
-        for g, w in zip(got, want):
-            assert g.shape == w.shape
-            torch.testing.assert_close(g, w, rtol=0, atol=1e-4)
-            torch.testing.assert_close(torch.logsumexp(g, -1), torch.zeros(len(g)), rtol=0, atol=1e-5)
+def test_scoring_forwards_a_shared_long_context_once(vb, hb):
+    context = tokens(260, 3)
+    completions = [tokens(6, 1, start=i) for i in range(4)]
+    before = vb.counters.snapshot()["forwarded_tokens"]
+    got = vb.score([context] * 4, completions)
+    forwarded = vb.counters.snapshot()["forwarded_tokens"] - before
+    assert_exact(got, hb.score([context] * 4, completions))
+    # Without the prefix cache each request would forward its 266 tokens (1,064 in all).
+    assert forwarded < 2 * len(context)
 
 
-def test_exact_scoring_off_scores_with_vllm_beside_a_live_engine(tiny_model_dir, vb, hb):
-    other = VLLMBackend(vllm_spec(tiny_model_dir), exact_scoring=False)
+def test_scoring_is_exact_when_the_cache_reaches_into_the_completion(vb, hb):
+    # Context (120 tokens) + the completions' shared first 20 tokens fill a CPU cache block. After the
+    # first completion is scored, the second finds that block in the scoring cache, so vLLM would not
+    # compute the rows of its first completion tokens: the backend must see it and score it again.
+    context, shared = tokens(120, 11), tokens(20, 1)
+    first, second = shared + (20, 21), shared + (22, 23, 1)
+    for completion in (first, second):
+        for temperature in (1.0, 0.7):
+            got = vb.score([context], [completion], temperature=temperature)
+            assert_exact(got, hb.score([context], [completion], temperature=temperature))
+
+
+def test_twin_fallback_scores_beside_a_live_engine_and_warns(tiny_model_dir, vb, caplog):
+    other = VLLMBackend(vllm_spec(tiny_model_dir), scoring="twin")
     try:
-        got = other.score([list(PROMPT)], [[20, 21]])
-        torch.testing.assert_close(got[0], hb.score([list(PROMPT)], [[20, 21]])[0], rtol=0, atol=1e-4)
-        assert not other.twin_loaded  # no transformers copy was loaded
+        assert not other.twin_loaded  # loaded on the first score() call
+        contexts, completions = [list(PROMPT), [5]], [[20, 21, 22, 1], [6, 7, 8]]
+        before = other.counters.snapshot()["scored_tokens"]
+        with caplog.at_level(logging.WARNING, logger="gradalign_engine.backends.vllm_backend"):
+            got = other.score(contexts, completions, temperature=0.7)
+        assert any("scoring='twin'" in r.getMessage() and "second copy" in r.getMessage() for r in caplog.records)
+        assert other.twin_loaded and isinstance(other.scorer(), HFBackend) and other.scorer().counters is other.counters
+        assert other.counters.snapshot()["scored_tokens"] - before == 7
+        # Two independent computations (transformers' pass, vLLM's own logits) agree.
+        assert_exact(got, vb.score(contexts, completions, temperature=0.7))
         request = [BranchRequest(prefix=PROMPT, n=2, max_new_tokens=5, seed=3)]
         assert other.generate(request, **SAMPLE) == vb.generate(request, **SAMPLE)
     finally:
         other.close()
+    assert not other.twin_loaded
     # Closing one in-process engine must leave the other working.
     assert len(vb.generate([BranchRequest(prefix=PROMPT, n=2, max_new_tokens=5, seed=3)], **SAMPLE)[0]) == 2
+
+
+def test_scoring_and_parallelism_settings_are_checked_before_loading(tiny_model_dir):
+    with pytest.raises(ConfigError, match="vllm_scoring"):
+        VLLMBackend(vllm_spec(tiny_model_dir), scoring="topk")
+    split = ModelSpec(model=str(tiny_model_dir), backend="vllm", vllm_tensor_parallel_size=2)
+    with pytest.raises(ConfigError, match="one device"):
+        VLLMBackend(split, scoring="twin")
+    with pytest.raises(ConfigError, match="vllm_tensor_parallel_size"):
+        dataclasses.replace(split, vllm_tensor_parallel_size=0)
+    with pytest.raises(ConfigError, match="one device"):
+        dataclasses.replace(split, vllm_scoring="twin")
+
+
+def test_tensor_parallel_size_reaches_vllm_and_the_kv_budget(tiny_model_dir):
+    assert llm_kwargs(vllm_spec(tiny_model_dir), "cpu", 256)["tensor_parallel_size"] == 1  # the default
+    # A model with 8 KV heads of 32 dimensions over 2 layers: 4 KiB of float32 KV per token on one GPU.
+    config = SimpleNamespace(
+        max_position_embeddings=1 << 20, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=8, head_dim=32
+    )
+    lengths = {}
+    for size in (1, 2, 16):
+        spec = ModelSpec(model="m", vllm_kv_cache_bytes=4096 * 1024, vllm_tensor_parallel_size=size)
+        assert llm_kwargs(spec, "cuda", 1024)["tensor_parallel_size"] == size
+        lengths[size] = fitting_model_len(config, spec)
+    # The cache budget is per GPU: split over 2 GPUs it holds twice the tokens; over 16 each keeps one head.
+    assert lengths == {1: 1024, 2: 2048, 16: 8192}
 
 
 class _CancelAfter(CancelToken):
@@ -221,9 +299,32 @@ def test_cancellation_before_and_during_generation(vb):
     assert vb.generate(requests, **SAMPLE) == reference
 
 
+def test_cancellation_of_scoring_at_every_check_leaves_the_engine_clean(vb, hb):
+    contexts, completions = [tokens(200, 13), PROMPT], [(20, 21, 22), (9, 10)]  # a prefill, then a scoring run
+    token = CancelToken()
+    token.cancel("stop")
+    before = vb.counters.snapshot()
+    with pytest.raises(Cancelled):
+        vb.score(contexts, completions, cancel=token)
+    assert vb.counters.snapshot() == before
+    outcomes = []
+    for k in range(2, 9):
+        steps = vb.counters.snapshot()["forward_calls"]
+        try:
+            assert_exact(vb.score(contexts, completions, cancel=_CancelAfter(k)), hb.score(contexts, completions))
+            outcomes.append("done")
+        except Cancelled:
+            outcomes.append("stepped" if vb.counters.snapshot()["forward_calls"] > steps else "before")
+        assert not vb.llm.llm_engine.has_unfinished_requests()  # cancelled requests were aborted
+    assert {"before", "stepped", "done"} <= set(outcomes), outcomes
+    assert_exact(vb.score(contexts, completions), hb.score(contexts, completions))
+
+
 def test_requests_beyond_the_context_are_refused(vb):
     with pytest.raises(ValueError, match="exceeds the vLLM context"):
         vb.generate([BranchRequest(prefix=PROMPT, n=1, max_new_tokens=vb.max_model_len)], **SAMPLE)
+    with pytest.raises(ValueError, match="exceed the vLLM context"):
+        vb.score([PROMPT], [(8,) * vb.max_model_len])
 
 
 def test_unsupported_specs_are_refused_before_loading(tmp_path, tiny_model_dir):
@@ -263,5 +364,6 @@ def test_engine_builds_and_scores_a_tree_with_a_vllm_student(tiny_model_dir):
         assert len(records) == 2 * len(tree.nodes) > 0
         for r in records:
             assert r.teacher == "demo" and (r.cosine is not None or r.skip_reason is not None)
+        assert not engine.student.twin_loaded  # student and self-distillation teacher scored on vLLM
     finally:
         engine.close()

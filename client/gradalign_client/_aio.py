@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +10,19 @@ import grpc
 import grpc.aio
 
 from . import _requests as rq
-from ._core import ClientCore, ProgressCallback, ready_steps, run_steps_async, vet_steps
-from ._errors import from_rpc_error
-from ._types import AlignmentRecord, AnalysisSettings, BuildTreeResult, ModelEntry, Question, Report, RolloutSettings
+from ._core import ClientCore, ProgressCallback, load_questions, ready_steps, run_steps_async, vet_steps
+from ._errors import GradalignError, from_rpc_error
+from ._types import (
+    AlignmentRecord,
+    AnalysisSettings,
+    BuildTreeResult,
+    CostEstimate,
+    JobProgress,
+    ModelEntry,
+    Question,
+    Report,
+    RolloutSettings,
+)
 
 __all__ = ["AsyncClient"]
 
@@ -110,6 +120,7 @@ class AsyncClient(ClientCore):
         seed: int | None = None,
         target_teachers: Iterable[str] | str | None = None,
         timeout: float | None = None,
+        on_progress: Callable[[JobProgress], None] | None = None,
     ) -> BuildTreeResult:
         """Build (or fetch) the rollout tree of one question (see :meth:`Client.build_tree`).
 
@@ -123,7 +134,31 @@ class AsyncClient(ClientCore):
             As :meth:`Client.build_tree`.
         """
         req = rq.build_tree_request(question, settings, seed, target_teachers)
-        return rq.read_build_tree(await self._call(self._stub.BuildTree, req, timeout))
+        if on_progress is None:
+            return rq.read_build_tree(await self._call(self._stub.BuildTree, req, timeout))
+        try:
+            deadline = self.timeout if timeout is None else timeout
+            async for event in self._stub.WatchBuildTree(req, timeout=deadline, metadata=self._metadata):
+                if event.HasField("result"):
+                    return rq.read_build_tree(event.result)
+                on_progress(rq.read_progress(event.progress))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        raise GradalignError("UNKNOWN", "WatchBuildTree ended without a result")
+
+    async def estimate_cost(
+        self,
+        questions: Iterable[Question | Mapping[str, Any]] | str | Path,
+        *,
+        settings: RolloutSettings | Mapping[str, Any] | None = None,
+        target_teachers: Iterable[str] | str | None = None,
+        teachers: Iterable[str] | str | None = None,
+        limit: int | None = None,
+        timeout: float | None = None,
+    ) -> CostEstimate:
+        """What building and scoring a tree per question would cost (see :meth:`Client.estimate_cost`)."""
+        req = rq.estimate_cost_request(load_questions(questions, limit), settings, target_teachers, teachers)
+        return rq.read_estimate(await self._call(self._stub.EstimateCost, req, timeout))
 
     async def score_teacher(
         self,
@@ -209,6 +244,7 @@ class AsyncClient(ClientCore):
         analysis: AnalysisSettings | Mapping[str, Any] | None = None,
         seed: int | None = None,
         timeout: float | None = None,
+        on_stage: Callable[[str, JobProgress], None] | None = None,
     ) -> Report:
         """Build a tree per question, then score the teachers (see :meth:`Client.vet`).
 
@@ -221,5 +257,5 @@ class AsyncClient(ClientCore):
         GradalignError
             As :meth:`Client.vet`.
         """
-        steps = vet_steps(dataset, teachers, methods, limit, progress, settings, analysis, seed, timeout)
+        steps = vet_steps(dataset, teachers, methods, limit, progress, settings, analysis, seed, timeout, on_stage)
         return await run_steps_async(steps, self._step)

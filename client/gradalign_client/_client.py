@@ -5,7 +5,7 @@ Depends on grpcio and protobuf only; never imports torch, transformers or the en
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,18 @@ from ._core import (
     ClientCore,
     ProgressCallback,
     channel_options,
+    load_questions,
     ready_steps,
     run_steps,
     vet_steps,
 )
-from ._errors import from_rpc_error
+from ._errors import GradalignError, from_rpc_error
 from ._types import (
     AlignmentRecord,
     AnalysisSettings,
     BuildTreeResult,
+    CostEstimate,
+    JobProgress,
     ModelEntry,
     Question,
     Report,
@@ -182,8 +185,12 @@ class Client(ClientCore):
         seed: int | None = None,
         target_teachers: Iterable[str] | str | None = None,
         timeout: float | None = None,
+        on_progress: Callable[[JobProgress], None] | None = None,
     ) -> BuildTreeResult:
         """Build the rollout tree of one question, or fetch it when already built.
+
+        With ``on_progress``, the call streams the build's progress (WatchBuildTree) and calls
+        ``on_progress(JobProgress)`` for each event (stage, done, total, tokens_generated, seconds).
 
         Parameters
         ----------
@@ -211,7 +218,36 @@ class Client(ClientCore):
             ``RESOURCE_EXHAUSTED`` (queue full or over budget), ``DEADLINE_EXCEEDED``, ``CANCELLED``.
         """
         req = rq.build_tree_request(question, settings, seed, target_teachers)
-        return rq.read_build_tree(self._call(self._stub.BuildTree, req, timeout))
+        if on_progress is None:
+            return rq.read_build_tree(self._call(self._stub.BuildTree, req, timeout))
+        try:
+            deadline = self.timeout if timeout is None else timeout
+            for event in self._stub.WatchBuildTree(req, timeout=deadline, metadata=self._metadata):
+                if event.HasField("result"):
+                    return rq.read_build_tree(event.result)
+                on_progress(rq.read_progress(event.progress))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        raise GradalignError("UNKNOWN", "WatchBuildTree ended without a result")
+
+    def estimate_cost(
+        self,
+        questions: Iterable[Question | Mapping[str, Any]] | str | Path,
+        *,
+        settings: RolloutSettings | Mapping[str, Any] | None = None,
+        target_teachers: Iterable[str] | str | None = None,
+        teachers: Iterable[str] | str | None = None,
+        limit: int | None = None,
+        timeout: float | None = None,
+    ) -> CostEstimate:
+        """What building and scoring a tree per question would cost on this server.
+
+        The server samples a short calibration batch on its student and estimates generated tokens,
+        teacher-scored tokens and seconds (``CostEstimate``; ``calibration`` holds the measured rates).
+        ``questions`` is a dataset path or an iterable, as for :meth:`vet`.
+        """
+        req = rq.estimate_cost_request(load_questions(questions, limit), settings, target_teachers, teachers)
+        return rq.read_estimate(self._call(self._stub.EstimateCost, req, timeout))
 
     def score_teacher(
         self,
@@ -327,6 +363,7 @@ class Client(ClientCore):
         analysis: AnalysisSettings | Mapping[str, Any] | None = None,
         seed: int | None = None,
         timeout: float | None = None,
+        on_stage: Callable[[str, JobProgress], None] | None = None,
     ) -> Report:
         """Build a tree per question of a dataset, then score the teachers on all of them.
 
@@ -346,6 +383,8 @@ class Client(ClientCore):
             As in :meth:`build_tree` and :meth:`score_teacher`.
         timeout : float, optional
             Deadline of each call in seconds; default the client's.
+        on_stage : callable, optional
+            ``on_stage(question_id, JobProgress)`` for each progress event of each build.
 
         Returns
         -------
@@ -358,5 +397,5 @@ class Client(ClientCore):
             ``INVALID_ARGUMENT`` for an unreadable dataset (names file and line), and any error of
             :meth:`build_tree` or :meth:`score_teacher`.
         """
-        steps = vet_steps(dataset, teachers, methods, limit, progress, settings, analysis, seed, timeout)
+        steps = vet_steps(dataset, teachers, methods, limit, progress, settings, analysis, seed, timeout, on_stage)
         return run_steps(steps, lambda name, kwargs: getattr(self, name)(**kwargs))

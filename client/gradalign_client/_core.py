@@ -164,9 +164,21 @@ def ready_steps(target: str, timeout: float, interval: float) -> Generator[Step,
 
 
 def vet_steps(
-    dataset, teachers, methods, limit, progress: ProgressCallback | None, settings, analysis, seed, timeout
+    dataset,
+    teachers,
+    methods,
+    limit,
+    progress: ProgressCallback | None,
+    settings,
+    analysis,
+    seed,
+    timeout,
+    on_stage=None,
 ) -> Generator[Step, Any, Any]:
-    """A tree per question, then one ScoreTeacher over all of them; returns the report."""
+    """A tree per question, then one ScoreTeacher over all of them; returns the report.
+
+    ``on_stage(question_id, JobProgress)`` receives each build's progress events (WatchBuildTree).
+    """
     questions = load_questions(dataset, limit)
     if not questions:
         raise GradalignError("INVALID_ARGUMENT", f"dataset={str(dataset)!r}: no questions")
@@ -175,6 +187,8 @@ def vet_steps(
     tree_ids = []
     for done, question in enumerate(questions, start=1):
         kwargs = {"settings": settings, "seed": seed, "target_teachers": teachers, "timeout": timeout}
+        if on_stage is not None:
+            kwargs["on_progress"] = lambda event, qid=question.id: on_stage(qid, event)
         result = yield ("build_tree", {"question": question, **kwargs})
         tree_ids.append(result.tree_id)
         if progress is not None:

@@ -39,7 +39,17 @@ def _looks_unreachable(details: str) -> bool:
     text = details.lower()
     return any(
         s in text
-        for s in ("failed to connect", "connection refused", "dns resolution", "connect failed", "unreachable")
+        for s in (
+            "failed to connect",
+            "connection refused",
+            "dns resolution",
+            "errors resolving",
+            "lookup failed",
+            "name not found",
+            "connect failed",
+            "unreachable",
+            "deadline exceeded while connecting",
+        )
     )
 
 

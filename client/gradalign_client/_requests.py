@@ -17,6 +17,8 @@ from ._types import (
     AlignmentRecord,
     AnalysisSettings,
     BuildTreeResult,
+    CostEstimate,
+    JobProgress,
     ModelEntry,
     Question,
     Report,
@@ -33,6 +35,9 @@ __all__ = [
     "read_build_tree",
     "read_report",
     "read_record",
+    "estimate_cost_request",
+    "read_progress",
+    "read_estimate",
 ]
 
 _SPLITS = {
@@ -119,6 +124,21 @@ def build_tree_request(
     return req
 
 
+def estimate_cost_request(
+    questions: Iterable[Question | Mapping[str, Any]],
+    settings: RolloutSettings | Mapping[str, Any] | None = None,
+    target_teachers: Iterable[str] | str | None = None,
+    teachers: Iterable[str] | str | None = None,
+) -> pb.EstimateCostRequest:
+    req = pb.EstimateCostRequest(
+        questions=[question_message(q) for q in questions],
+        target_teachers=_names("target_teachers", target_teachers),
+        teachers=_names("teachers", teachers),
+    )
+    _settings("settings", RolloutSettings, settings, req.settings)
+    return req
+
+
 def _seed(seed: Any) -> int:
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise _invalid("seed", seed, "must be an integer in [0, 2^63)")
@@ -191,6 +211,14 @@ def read_receipt(resp: pb.ListModelsResponse) -> dict[str, Any]:
 
 def read_build_tree(resp: pb.BuildTreeResponse) -> BuildTreeResult:
     return from_dict(BuildTreeResult, message_to_dict(resp))
+
+
+def read_progress(message: pb.JobProgress) -> JobProgress:
+    return from_dict(JobProgress, message_to_dict(message))
+
+
+def read_estimate(resp: pb.EstimateCostResponse) -> CostEstimate:
+    return from_dict(CostEstimate, message_to_dict(resp.estimate))
 
 
 def read_report(resp: pb.ScoreTeacherResponse) -> Report:

@@ -19,10 +19,13 @@ from typing import Any
 from . import _wire_types as _wire
 from ._wire_types import (
     AnalysisSettings,
+    Calibration,
     Candidate,
     Correlation,
+    CostEstimate,
     Diagnostics,
     GroupStats,
+    JobProgress,
     ModelEntry,
     QuestionStats,
     RankEntry,
@@ -49,6 +52,9 @@ __all__ = [
     "QuestionStats",
     "ScreenedQuestion",
     "Report",
+    "JobProgress",
+    "Calibration",
+    "CostEstimate",
     "read_questions",
 ]
 

@@ -22,6 +22,9 @@ __all__ = [
     "QuestionStats",
     "ScreenedQuestion",
     "Report",
+    "JobProgress",
+    "Calibration",
+    "CostEstimate",
 ]
 
 
@@ -434,3 +437,53 @@ class Report:
     per_question: list[QuestionStats] = field(default_factory=list)
     # Questions the screening pre-pass left out, with their success rates.
     screened_out: list[ScreenedQuestion] = field(default_factory=list)
+
+
+@dataclass
+class JobProgress:
+    """Progress of the job behind a call, sent while it runs."""
+
+    # "queued", then the engine's stages: "rollouts", "nodes", "continuations", "adaptive"; "done" at the end.
+    stage: str = ""
+    # Items of the stage done so far (samples for rollouts and continuations).
+    done: int = 0
+    # Items of the stage in all.
+    total: int = 0
+    # Student tokens the job has sampled so far.
+    tokens_generated: int = 0
+    # Seconds since the job started (0 while queued).
+    seconds: float = 0.0
+    # While queued: engine jobs ahead of this one.
+    queued_ahead: int = 0
+
+
+@dataclass
+class Calibration:
+    """Rates measured on the loaded student by a short calibration."""
+
+    # Student tokens sampled per second, at a batch of rows as long as the run's.
+    generate_tokens_per_s: float = 0.0
+    # Tokens teacher-forced per second.
+    score_tokens_per_s: float = 0.0
+    # Mean completion length in the calibration, as a fraction of max_new_tokens.
+    mean_completion_fraction: float = 0.0
+    # What the calibration took.
+    seconds: float = 0.0
+
+
+@dataclass
+class CostEstimate:
+    """Expected cost of building and scoring one tree per question."""
+
+    # Number of questions estimated.
+    questions: int = 0
+    # Student tokens sampled (base rollouts and continuations).
+    generated_tokens: int = 0
+    # Completion tokens teacher-forced (node choice and records).
+    teacher_scored_tokens: int = 0
+    # Analysis nodes, an upper bound (the build merges nodes that rollouts share).
+    nodes: int = 0
+    # Expected seconds on this server, from the calibration.
+    seconds: float = 0.0
+    # The measured rates the time comes from.
+    calibration: Calibration | None = None

@@ -22,14 +22,33 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable
 
 from ._errors import GradalignError
 from .canonical import json_line
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE, EXIT_GATE = 0, 1, 2, 3
+# The one table of exit codes (README "Exit codes"; tests/test_cli_exit_codes.py checks each).
+EXIT_OK = 0  # done (and the gate, if any, passed)
+EXIT_ERROR = 1  # the server refused a call or the work failed (the message has the status and details)
+EXIT_USAGE = 2  # bad arguments or input, found before any work: flag, file, name, missing extra
+EXIT_UNREACHABLE = 2  # no gradalign server answered at --server (refused, unresolvable, timed out)
+EXIT_GATE = 3  # the gated teacher's mean alignment is below --fail-below
+EXIT_INTERRUPTED = 130
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gradalign")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0+unknown"
+
+
+class UsageError(ValueError):
+    """A command line or input the CLI refuses before any work (exit code 2)."""
+
 
 _DELEGATED = {
     # command: (module, function, extra, what it needs)
@@ -38,55 +57,67 @@ _DELEGATED = {
     "study": ("gradalign_engine.cli", "study_main", "engine", "the paper's study on a real model"),
     "demo": ("gradalign_server.demo", "main", "server", "the demo (it runs a server in-process)"),
     "export": ("gradalign_server.export", "main", "server", "the export of a server's stored records"),
+    "report": ("gradalign_client.html_report", "main", "client", "the HTML report of a run"),
+    "weights": ("gradalign_client.training_weights", "main", "client", "per-token weights for selective distillation"),
 }
 
 
 def _delegate(command: str, argv: list[str]) -> int:
+    import importlib
+
     module_name, function, extra, what = _DELEGATED[command]
     try:
-        import importlib
-
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        missing = getattr(exc, "name", None) or str(exc)
+        return int(getattr(importlib.import_module(module_name), function)(argv) or 0)
+    except ModuleNotFoundError as exc:  # at import, or when the command first needs a heavy library
+        missing = exc.name or str(exc)
+        if missing.split(".")[0] in ("gradalign_engine", "gradalign_server", "gradalign_client"):
+            raise  # a bug, not a missing extra
         print(
-            f"gradalign {command}: {what} is not installed ({missing} missing): pip install 'gradalign[{extra}]'",
+            f"gradalign {command}: {what} needs {missing}, which is not installed: pip install 'gradalign[{extra}]'",
             file=sys.stderr,
         )
-        return EXIT_UNREACHABLE
-    return int(getattr(module, function)(argv) or 0)
+        return EXIT_USAGE
 
 
-def _progress() -> tuple[Callable, Callable[[], None]]:
-    """A progress callback for Client.vet (tqdm when installed, else a stderr counter) and a closer."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    state: dict = {}
+PESSIMISM_NOTE = (
+    "pessimistic: it counts every rollout's nodes as distinct and every teacher's top-k as new candidates; "
+    "runs spend less (README, Speed)"
+)
 
-    def update(done: int, total: int, result) -> None:
+
+def _estimate_lines(e) -> str:
+    c = e.calibration
+    return (
+        f"estimate for {e.questions} question(s): {e.generated_tokens:,} generated tokens, "
+        f"{e.teacher_scored_tokens:,} teacher-scored tokens, {e.nodes:,} nodes, {e.seconds / 60:.1f} min\n"
+        f"  {PESSIMISM_NOTE}\n"
+        f"  calibration on the server ({c.seconds:.1f} s): sampling {c.generate_tokens_per_s:,.0f} tok/s, "
+        f"scoring {c.score_tokens_per_s:,.0f} tok/s, completions {c.mean_completion_fraction:.0%} of the maximum"
+    )
+
+
+def vet_progress(total: int, quiet: bool = False):
+    """(progress, on_stage, close) for Client.vet: one progress line with the build's stage, tok/s and ETA."""
+    from .progress import ProgressLine
+
+    bar = ProgressLine(total, enabled=not quiet)
+    finished_tokens = [0]
+
+    def progress(done: int, total: int, result) -> None:
         if result is None:
-            note = "building trees"
-        else:
-            note = f"{result.question_id}: {result.summary.correct}/{result.summary.rollouts} correct" + (
-                " (cached)" if result.summary.cache_hit else ""
-            )
-        if tqdm is not None:
-            bar = state.get("bar")
-            if bar is None:
-                bar = state["bar"] = tqdm(total=total, desc="trees", unit="q", file=sys.stderr)
-            bar.set_postfix_str(note)
-            if result is not None:
-                bar.update(1)
-        else:
-            print(f"\r[{done}/{total}] {note}".ljust(60), end="" if done < total else "\n", file=sys.stderr, flush=True)
+            return
+        s = result.summary
+        finished_tokens[0] += 0 if s.cache_hit else s.tokens_generated
+        note = f"{result.question_id}: {s.correct}/{s.rollouts} correct" + (" (cached)" if s.cache_hit else "")
+        bar.finish_unit(note, finished_tokens[0])
 
-    def close() -> None:
-        if state.get("bar") is not None:
-            state["bar"].close()
+    def on_stage(question_id: str, event) -> None:
+        if event.stage == "queued":
+            bar.stage(question_id, f"queued ({event.queued_ahead} ahead)", 0, 0, finished_tokens[0])
+        elif event.stage != "done":
+            bar.stage(question_id, event.stage, event.done, event.total, finished_tokens[0] + event.tokens_generated)
 
-    return update, close
+    return progress, on_stage, bar.close
 
 
 def _settings(pairs: list[str]) -> dict:
@@ -107,6 +138,66 @@ def _names(text: str | None) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
 
+def _vet_inputs(args, client) -> tuple[list, list[str], list[str]]:
+    """Questions, teachers and methods of ``vet``, every name checked before any tree is built."""
+    from ._core import load_questions
+    from .names import METHODS, canonical_method_name
+
+    try:
+        questions = load_questions(args.dataset, args.limit)
+    except GradalignError as exc:
+        raise UsageError(exc.details) from None
+    methods = []
+    for name in _names(args.methods):
+        canonical = canonical_method_name(name)
+        if canonical is None:
+            raise UsageError(f"--methods: unknown method {name!r}; choose from {', '.join(METHODS)}")
+        methods.append(canonical)
+    loaded = [m.name for m in client.list_models() if m.role == "teacher"]
+    teachers = _names(args.teachers) or loaded
+    for name in teachers + ([args.fail_teacher] if args.fail_teacher else []):
+        if name not in loaded:
+            raise UsageError(f"unknown teacher {name!r}; the server has: {', '.join(loaded)}")
+    if args.fail_teacher and args.fail_teacher not in teachers:
+        raise UsageError(f"--fail-teacher {args.fail_teacher!r} is not among --teachers ({', '.join(teachers)})")
+    gate_method = args.method_for_gate
+    if gate_method is not None:
+        canonical = canonical_method_name(gate_method)
+        if canonical is None or (methods and canonical not in methods):
+            raise UsageError(f"--method-for-gate {gate_method!r} is not among the methods scored")
+    return questions, teachers, methods
+
+
+def _write_vet_records(client, args, trees, teachers, methods, report) -> None:
+    """--out (the records' JSONL) and --html (the report page) from one stream of the records.
+
+    The page asks for prefix token ids (its token view shows whole completions); --out writes the
+    records without them, byte for byte as it does without --html.
+    """
+    from contextlib import nullcontext
+
+    kept, count = [], 0
+    stream = client.stream_alignments(
+        trees, teachers, methods, include_skipped=True, include_prefix_ids=bool(args.html)
+    )
+    with open(args.out, "w", encoding="utf-8") if args.out else nullcontext() as fh:
+        for record in stream:
+            data = record.to_dict()
+            count += 1
+            if args.html:
+                kept.append(data)
+            if fh is not None:
+                fh.write(json_line({**data, "prefix_token_ids": None}) + "\n")
+    if args.out:
+        print(f"{count} records written to {args.out}", file=sys.stderr)
+    if args.html:
+        from .html_report import write_html
+
+        summary = {"report": report.to_dict(), "receipt": report.receipt}
+        write_html(args.html, kept, summary, f"gradalign vet: {args.dataset}")
+        print(f"report written to {args.html}", file=sys.stderr)
+
+
 def cmd_vet(args: argparse.Namespace) -> int:
     from . import _table
 
@@ -115,22 +206,32 @@ def cmd_vet(args: argparse.Namespace) -> int:
         settings["num_rollouts"] = args.rollouts
     if args.max_new_tokens is not None:
         settings["max_new_tokens"] = args.max_new_tokens
-    teachers, methods = _names(args.teachers), _names(args.methods)
     with _client(args) as client:
-        if not teachers:
-            teachers = [m.name for m in client.list_models() if m.role == "teacher"]
-        update, close = _progress() if not args.quiet else (None, lambda: None)
+        questions, teachers, methods = _vet_inputs(args, client)
+        if args.dry_run:
+            estimate = client.estimate_cost(
+                questions, settings=settings or None, target_teachers=teachers, teachers=teachers
+            )
+            print(_estimate_lines(estimate))
+            return EXIT_OK
+        progress, on_stage, close = vet_progress(len(questions), args.quiet)
         trees: list[str] = []
 
-        def progress(done, total, result):
+        def collect(done, total, result):
             if result is not None:
                 trees.append(result.tree_id)
-            if update is not None:
-                update(done, total, result)
+            progress(done, total, result)
 
         try:
             report = client.vet(
-                args.dataset, teachers, methods, args.limit, progress, settings=settings or None, seed=args.seed
+                questions,
+                teachers,
+                methods,
+                None,
+                collect,
+                settings=settings or None,
+                seed=args.seed,
+                on_stage=on_stage,
             )
         finally:
             close()
@@ -138,20 +239,15 @@ def cmd_vet(args: argparse.Namespace) -> int:
         if args.csv:
             _table.write_csv(report, args.csv)
             print(f"table written to {args.csv}", file=sys.stderr)
-        if args.out:
-            count = 0
-            with open(args.out, "w", encoding="utf-8") as fh:
-                for record in client.stream_alignments(trees, teachers, methods, include_skipped=True):
-                    fh.write(json_line(record.to_dict()) + "\n")
-                    count += 1
-            print(f"{count} records written to {args.out}", file=sys.stderr)
+        if args.out or args.html:
+            _write_vet_records(client, args, trees, teachers, methods, report)
     if args.fail_below is not None:
         gate_teacher = args.fail_teacher or teachers[0]
         try:
             method, value = _table.gate_value(report, gate_teacher, args.method_for_gate)
-        except KeyError as exc:
+        except KeyError as exc:  # the report has no row for the gate (e.g. every node skipped)
             print(f"gradalign vet: gate: {exc.args[0]}", file=sys.stderr)
-            return EXIT_GATE
+            return EXIT_ERROR
         if math.isnan(value) or value < args.fail_below:
             print(
                 f"gradalign vet: gate failed: {gate_teacher} ({method}) mean alignment {value:.4f} < {args.fail_below}",
@@ -193,7 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Also: 'gradalign serve --config C.toml' (server), 'gradalign analyze ...' (in-process), "
         "'gradalign demo' (end-to-end demo on this machine); each takes --help.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{vet,health,models,serve,analyze,study,demo,export}")
+    parser.add_argument("--version", action="version", version=f"gradalign {_version()}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{vet,health,models,serve,analyze,study,demo,export,report,weights}"
+    )
     _add_vet(sub)
     health = sub.add_parser("health", help="print the server's health (exit 0 when SERVING)")
     _add_connection(health, 5.0)
@@ -280,6 +379,7 @@ def _add_vet(sub) -> None:
         metavar="records.jsonl",
         help="also write every alignment record (skipped nodes included)",
     )
+    add("--html", default=None, metavar="report.html", help="also write the offline HTML report (gradalign report)")
     add("--csv", default=None, metavar="table.csv", help="also write the ranked table as CSV")
     add(
         "--fail-below",
@@ -297,7 +397,8 @@ def _add_vet(sub) -> None:
     add(
         "--method-for-gate", default=None, metavar="M", help="method the gate checks (default: the first ranked method)"
     )
-    add("--quiet", action="store_true", help="no progress bar")
+    add("--quiet", action="store_true", help="no progress line")
+    add("--dry-run", action="store_true", help="print the expected tokens and time (the server calibrates), then stop")
     vet.set_defaults(func=cmd_vet)
 
 
@@ -310,9 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return EXIT_UNREACHABLE
+        return EXIT_USAGE
     try:
         return args.func(args)
+    except UsageError as exc:
+        print(f"gradalign {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except GradalignError as exc:
         if exc.unreachable:
             print(
@@ -328,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("gradalign: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

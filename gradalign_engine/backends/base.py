@@ -12,7 +12,7 @@ A backend knows nothing of trees, teachers, verifiers or gRPC. Backends are chos
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -133,8 +133,12 @@ class Backend(Protocol):
         top_k: int,
         cancel: CancelToken | None = None,
         retain: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[list[list[int]]]:
         """Sample continuations.
+
+        ``progress(samples_done, samples_total)``, when given, is called from time to time while
+        sampling (the engine shows it; a backend that cannot report may accept and ignore it).
 
         ``retain=True`` hints that later calls will continue from prefixes of these samples and
         score them teacher-forced; a backend may keep their state (the HF backend keeps KV caches and

@@ -12,7 +12,7 @@ This module knows token ids, tensors and transformers; it knows nothing of trees
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -204,6 +204,7 @@ class HFBackend:
         top_k: int = 0,
         cancel: CancelToken | None = None,
         retain: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[list[list[int]]]:
         """See :meth:`Backend.generate`. ``temperature == 0`` decodes greedily.
 
@@ -221,14 +222,24 @@ class HFBackend:
             width = max(len(requests[i].prefix) + requests[i].max_new_tokens + 1 for i in idxs)
             return rows * width
 
+        total = sum(len(r.branches) * r.n for r in requests)
+        done_before = 0
+
+        def finished(rows_done: int) -> None:
+            if progress is not None:
+                progress(done_before + rows_done, total)
+
         for idx in order + [None]:
             if idx is not None and (not chunk or cost(chunk + [idx]) <= budget):
                 chunk.append(idx)
                 continue
             if chunk:
-                outs = self._generate_chunk([requests[i] for i in chunk], temperature, top_p, top_k, cancel, retain)
+                batch = [requests[i] for i in chunk]
+                outs = self._generate_chunk(batch, temperature, top_p, top_k, cancel, retain, finished)
                 for i, o in zip(chunk, outs):
                     results[i] = o
+                done_before += sum(len(r.branches) * r.n for r in batch)
+                finished(0)
             chunk = [idx] if idx is not None else []
         return results
 
@@ -329,7 +340,7 @@ class HFBackend:
                 states[i] = (kv, hidden[r, -1, :])
         return states
 
-    def _generate_chunk(self, requests, temperature, top_p, top_k, cancel, retain) -> list[list[list[int]]]:
+    def _generate_chunk(self, requests, temperature, top_p, top_k, cancel, retain, finished=None):
         """Decode one chunk from its distinct prefixes (:class:`~.hf_decode.ChunkDecoder`)."""
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -341,4 +352,4 @@ class HFBackend:
             return cache, hidden[:, -1, :], logits
 
         decoder = ChunkDecoder(forward, self.counters, self._eos, self.device, self._retained if retain else None)
-        return decoder.run(requests, start, temperature, top_p, top_k, cancel)
+        return decoder.run(requests, start, temperature, top_p, top_k, cancel, finished)

@@ -145,7 +145,9 @@ class ChunkDecoder:
         top_p: float,
         top_k: int,
         cancel: CancelToken | None,
+        finished: Callable[[int], None] | None = None,
     ) -> list[list[list[int]]]:
+        """Decode every row of ``requests``; ``finished(n)`` after each step with the rows done so far."""
         rows = self._rows(requests, start.row_of)
         gens = [torch.Generator(device="cpu").manual_seed(int(req.seed) % (2**63)) for req in requests]
         cache, mask, next_pos, hidden, logits = start.cache, start.mask, start.mask.sum(-1), start.hidden, start.logits
@@ -155,6 +157,8 @@ class ChunkDecoder:
                 cancel.raise_if_cancelled()
             choice = self._step_tokens(rows, active, logits, hidden, gens, temperature, top_p, top_k)
             active = [r for r in active if not self._finished(rows, r, requests, cache, mask)]
+            if finished is not None:
+                finished(len(rows.request) - len(active))
             if not active:
                 break
             parents, step_tokens = self._regroup(rows, active, choice)

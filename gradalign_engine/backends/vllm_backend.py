@@ -1,4 +1,4 @@
-"""vLLM backend: fast sampling with vLLM, exact scoring with a transformers twin of the same weights.
+"""vLLM backend: sampling and exact scoring on one vLLM engine (one copy of the weights).
 
 Sampling (``generate``) runs on vLLM: every (request, branch) becomes one vLLM request whose prompt
 is given as token ids (prefix + forced token), with ``n`` samples, a seed derived from the request
@@ -12,27 +12,42 @@ are reproducible for a given request list, but they are not the HF backend's sam
 backends draw from different random streams (greedy decoding agrees).
 
 Scoring (``score``) must be exact over the full vocabulary: the engine compares teacher and student
-next-token distributions, not their top-k. vLLM's ``logprobs``/``prompt_logprobs`` are top-k; the
-full-vocabulary ``prompt_logprobs=-1`` exists, but it builds vocabulary-sized lists per position in
-Python, prompt-logprob requests bypass the prefix cache, and its numbers come from other kernels.
-So by default ``score`` runs an exact teacher-forced pass on a transformers twin of the same weights
-(:class:`~gradalign_engine.backends.hf.HFBackend` built from the same ModelSpec with
-``backend='hf'``, the same dtype, on the device vLLM uses), loaded lazily on the first ``score``
-call and sharing this backend's counters: its results are the HF backend's. The twin costs a second
-copy of the weights in memory. ``VLLMBackend(spec, exact_scoring=False)`` makes ``score`` use
-:meth:`VLLMBackend.score_vllm` instead (vLLM's ``prompt_logprobs=-1``: the full distribution,
-equal to the twin's to ~1e-4 in float32, never a top-k approximation).
+next-token distributions, not their top-k. By default (``scoring="vllm"``) it runs on the same
+engine: each (context, completion) pair is one request with ``prompt_logprobs=-1`` (every
+vocabulary entry of every prompt row) and ``logprobs_mode="raw_logits"``, so the rows are the
+model's logits, to which the backend applies the temperature and log-softmax as the HF backend does
+(equal to it to ~1e-5 in float32 on the test model; vLLM's kernels are not transformers'). What makes
+this affordable:
+
+- vLLM's output processor would turn those rows into Python lists (one float and one int object per
+  row and vocabulary entry); :class:`~.vllm_setup.PromptScoreCapture` takes them off the engine's
+  outputs as tensors first and keeps only the completion rows.
+- Requests go in groups of a bounded number of rows x vocabulary (vLLM materialises and sorts
+  every scored row over the vocabulary), and each group's contexts are first prefilled once
+  (without their last token) under a scoring-only cache salt. The scoring requests then read
+  those contexts from the prefix cache: the context is forwarded once however many completions
+  follow it, and its rows are never scored. vLLM skips the cache for prompt-logprob requests
+  because cached rows are not computed, so every request's ``num_cached_tokens`` is checked: one
+  whose cache hit reached past its context (another scored completion shared its first tokens)
+  is scored again without the cache.
+
+``scoring="twin"`` is the fallback: an exact teacher-forced pass on a transformers twin of the same
+weights (:class:`~gradalign_engine.backends.hf.HFBackend` built from the same ModelSpec with
+``backend='hf'``, on the device vLLM uses), loaded on the first ``score`` call, sharing this
+backend's counters; it costs a second copy of the weights, and logs a warning saying so.
 
 Process notes. Unless the environment says otherwise, vLLM runs inside this process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): deterministic, no worker process to leak, no
 ``if __name__ == '__main__'`` guard needed by callers. In that mode vLLM's CPU worker replaces
 ``torch.set_num_threads`` with a no-op for the whole process, and several engines share vLLM's
 process-global distributed state, so an engine closed while others live is parked and shut down
-with the last one. The KV cache is ``ModelSpec.vllm_kv_cache_bytes`` (``kv_cache_memory_bytes``),
-never a fraction of device memory, and ``max_model_len`` is capped to what that cache holds. On the
-CPU, chunked prefill is off: vLLM 0.32's CPU runner fails on a seeded request whose prompt is split
-across steps. ``close()`` shuts the engine down explicitly (an engine left running at interpreter
-exit may abort the process); an ``atexit`` hook closes forgotten ones.
+with the last one. The KV cache is ``ModelSpec.vllm_kv_cache_bytes`` per GPU
+(``kv_cache_memory_bytes``), never a fraction of device memory, and ``max_model_len`` is capped to
+what that cache holds. A model too large for one GPU is split over ``vllm_tensor_parallel_size``
+GPUs (:func:`~.vllm_setup.tensor_parallel_size`). On the CPU, chunked
+prefill is off: vLLM 0.32's CPU runner fails on a seeded request whose prompt is split across
+steps. ``close()`` shuts the engine down explicitly (an engine left running at interpreter exit may
+abort the process); an ``atexit`` hook closes forgotten ones.
 
 This module knows token ids and vLLM; it knows nothing of trees or teachers.
 """
@@ -40,12 +55,13 @@ This module knows token ids and vLLM; it knows nothing of trees or teachers.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..config import ModelSpec
 from ..errors import ConfigError
@@ -53,37 +69,47 @@ from ..models import model_digest, resolve_model, tokenizer_fingerprint
 from .base import BranchRequest, CancelToken, ModelInfo, WorkCounters
 from .vllm_setup import (
     ENGINES,
+    SCORE_SALT,
+    PromptScoreCapture,
     branch_seed,
     check_device,
     close_at_exit,
-    dense_prompt_logprobs,
     eos_ids,
     fitting_model_len,
     llm_kwargs,
+    scoring_params,
+    tensor_parallel_size,
 )
 
 __all__ = ["VLLMBackend", "branch_seed"]
 
 log = logging.getLogger(__name__)
 
+SCORING_MODES = ("vllm", "twin")
+# Rows x vocabulary entries scored per group of requests. vLLM keeps about six float32/int64 arrays of
+# that size alive while it scores a step (logits, scores, the sorted values and their indices, the
+# output), so 2**25 (128 MiB per float32 array) bounds a group to about a gigabyte.
+GROUP_ROW_ELEMENTS = 1 << 25
+
 
 class VLLMBackend:
-    """One model held by a vLLM engine (sampling) and, on demand, a transformers twin (scoring)."""
+    """One model held by a vLLM engine, which samples and scores (a transformers twin scores only on request)."""
 
     name = "vllm"
 
-    def __init__(self, spec: ModelSpec, *, exact_scoring: bool = True, max_model_len: int | None = None):
+    def __init__(self, spec: ModelSpec, *, scoring: str | None = None, max_model_len: int | None = None):
         """Load ``spec.model`` (a model directory or a built-in name) into a vLLM engine.
 
-        ``exact_scoring``: True (default) scores with the transformers twin; False with vLLM's
-        full-vocabulary prompt logprobs (:meth:`score_vllm`). ``max_model_len``: the longest
+        ``scoring``: ``"vllm"`` (default) scores on the vLLM engine (:meth:`score_vllm`);
+        ``"twin"`` on a transformers copy of the weights (:meth:`scorer`). Unset, it is
+        ``spec.vllm_scoring``. ``max_model_len``: the longest
         prompt + completion; by default the model's, capped to what the KV cache holds.
         """
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from transformers import AutoConfig, AutoTokenizer
 
         self.spec = spec
-        self.exact_scoring = bool(exact_scoring)
+        self.scoring = _scoring_mode(spec, scoring)
         self.counters = WorkCounters()
         self._lock = threading.RLock()  # one vLLM engine: one caller at a time
         self._twin = None
@@ -111,6 +137,9 @@ class VLLMBackend:
         self._llm = ENGINES.start(
             lambda: _new_llm(resolved.path, spec, self.device, self.max_model_len), in_process=self._in_process
         )
+        cache = self._llm.llm_engine.vllm_config.cache_config
+        # Prefix-cache hits come in whole blocks (128 tokens on the CPU, 16 on GPUs by default).
+        self._cache_block = int(cache.block_size) if cache.enable_prefix_caching else None
         self.info = ModelInfo(
             name=resolved.name,
             path=str(resolved.path),
@@ -153,8 +182,12 @@ class VLLMBackend:
         top_k: int = 0,
         cancel: CancelToken | None = None,
         retain: bool = False,  # vLLM's automatic prefix caching already keeps what is reused
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[list[list[int]]]:
-        """See :meth:`Backend.generate`. ``temperature == 0`` decodes greedily."""
+        """See :meth:`Backend.generate`. ``temperature == 0`` decodes greedily.
+
+        ``progress(samples_done, samples_total)`` is called as vLLM finishes each branch's samples.
+        """
         if cancel is not None:
             cancel.raise_if_cancelled()
         results: list[list[list[int] | None]] = [[None] * (len(r.branches) * r.n) for r in requests]
@@ -168,8 +201,18 @@ class VLLMBackend:
                 prompts.append(self._branch_prompt(req, forced))
                 params.append(self._sampling_params(req, forced, occurrence, temperature, top_p, top_k))
                 slots.append((i, b * req.n, req.n))
+        total = sum(len(r.branches) * r.n for r in requests)
+        done = [total - sum(n for _, _, n in slots)]  # the branches that ended without sampling
+
+        def finished(j: int) -> None:
+            done[0] += slots[j][2]
+            progress(done[0], total)
+
         if prompts:
-            self._collect(self._run(prompts, params, cancel), prompts, slots, results, greedy=temperature == 0)
+            outputs = self._run(prompts, params, cancel, on_finished=finished if progress is not None else None)
+            self._collect(outputs, prompts, slots, results, greedy=temperature == 0)
+        elif progress is not None:
+            progress(total, total)
         return results  # type: ignore[return-value]
 
     def _branch_prompt(self, req: BranchRequest, forced: int | None):
@@ -214,11 +257,17 @@ class VLLMBackend:
             forwarded += max(len(prompt["prompt_token_ids"]) - cached, 0) + sum(len(c.token_ids) for c in out.outputs)
         self.counters.add(generated_tokens=generated, forwarded_tokens=forwarded)
 
-    def _run(self, prompts: list, params: list, cancel: CancelToken | None) -> list:
-        """Submit all requests at once and step the engine, checking ``cancel`` between steps."""
+    def _run(self, prompts: list, params: list, cancel: CancelToken | None, capture=None, on_finished=None) -> list:
+        """Submit all requests at once and step the engine, checking ``cancel`` between steps.
+
+        ``capture``: a :class:`PromptScoreCapture` for the prompts, attached while the engine runs.
+        ``on_finished(j)``: called when prompt j's request has finished.
+        """
         with self._lock:
             llm = self.llm
             engine = llm.llm_engine
+            if cancel is not None:
+                cancel.raise_if_cancelled()
             # enqueue returns vLLM's internal ids ("<external>-<random>"); outputs carry the external id.
             ids = llm.enqueue(prompts, params, use_tqdm=False)
             done: dict[str, object] = {}
@@ -227,14 +276,22 @@ class VLLMBackend:
             def output_of(rid: str):
                 return done.get(rid) or done.get(rid.rsplit("-", 1)[0])
 
+            slot_of: dict[str, int] = {}  # prompt index by internal and by external id
+            for j, rid in enumerate(ids):
+                slot_of[rid] = slot_of[rid.rsplit("-", 1)[0]] = j
+
+            hook = capture.attached(engine, ids) if capture is not None else contextlib.nullcontext()
             try:
-                while engine.has_unfinished_requests():
-                    if cancel is not None:
-                        cancel.raise_if_cancelled()
-                    for out in engine.step():
-                        if out.finished:
-                            done[out.request_id] = out
-                    steps += 1
+                with hook:
+                    while engine.has_unfinished_requests():
+                        if cancel is not None:
+                            cancel.raise_if_cancelled()
+                        for out in engine.step():
+                            if out.finished:
+                                done[out.request_id] = out
+                                if on_finished is not None and out.request_id in slot_of:
+                                    on_finished(slot_of[out.request_id])
+                        steps += 1
             except BaseException:
                 unfinished = [rid for rid in ids if output_of(rid) is None]
                 if unfinished:
@@ -261,18 +318,24 @@ class VLLMBackend:
         """See :meth:`Backend.score`: exact full-vocabulary log-probabilities (module docstring)."""
         if len(contexts) != len(completions):
             raise ValueError("contexts and completions differ in length")
-        if self.exact_scoring:
+        if self.scoring == "twin":
             return self.scorer().score(contexts, completions, temperature=temperature, cancel=cancel)
         return self.score_vllm(contexts, completions, temperature=temperature, cancel=cancel)
 
     def scorer(self):
-        """The transformers twin that scores (loaded on first use; shares this backend's counters)."""
+        """The transformers twin that scores when ``scoring="twin"`` (loaded on first use; shares the counters)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("VLLMBackend is closed")
             if self._twin is None:
                 from .hf import HFBackend
 
+                log.warning(
+                    "vLLM backend: scoring %s with a transformers twin because scoring=%r was asked for: a second copy "
+                    "of the weights is loaded (scoring='vllm', the default, scores exactly on the vLLM engine itself)",
+                    self.info.name,
+                    self.scoring,
+                )
                 twin_spec = dataclasses.replace(
                     self.spec, backend="hf", device="cpu" if self.device == "cpu" else "cuda"
                 )
@@ -291,57 +354,124 @@ class VLLMBackend:
         temperature: float = 1.0,
         cancel: CancelToken | None = None,
     ):
-        """Full-vocabulary log-probabilities computed by vLLM (``prompt_logprobs=-1``).
+        """Exact full-vocabulary log-probabilities computed by the vLLM engine (module docstring).
 
-        The whole distribution, not a top-k, but from vLLM's kernels: equal to the transformers
-        twin to ~1e-4 in float32, not bit for bit. Prompt-logprob requests bypass the prefix cache.
+        Row t of pair i is log softmax(logits / temperature) of the next token given
+        ``contexts[i] + completions[i][:t]``, from vLLM's logits of that prompt row.
         """
         import torch
 
         if len(contexts) != len(completions):
             raise ValueError("contexts and completions differ in length")
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         if cancel is not None:
             cancel.raise_if_cancelled()
         out: list = [None] * len(contexts)
-        prompts, params, owners = [], [], []
+        todo = []
         for i, (ctx, comp) in enumerate(zip(contexts, completions)):
             if not comp:
                 out[i] = torch.empty((0, self.vocab_size), dtype=torch.float32)
                 continue
-            if not ctx:
-                raise ValueError("scoring needs a non-empty context (the first token has no prediction)")
-            ids = list(ctx) + list(comp)
-            if self.max_model_len is not None and len(ids) + 1 > self.max_model_len:
-                raise ValueError(
-                    f"context + completion ({len(ids)} tokens) exceed the vLLM context ({self.max_model_len})"
-                )
-            prompts.append(TokensPrompt(prompt_token_ids=ids))
-            # prompt_logprobs covers every prompt position; the context's rows are dropped afterwards.
-            # (Selecting rows with prompt_logprob_start needs vLLM's V2 model runner, absent on CPU.)
-            params.append(
-                SamplingParams(
-                    max_tokens=1,
-                    temperature=0.0,
-                    prompt_logprobs=-1,
-                    flat_logprobs=True,
-                    detokenize=False,
-                )
-            )
-            owners.append(i)
-        if prompts:
-            results = self._run(prompts, params, cancel)
-            scored = forwarded = 0
-            for i, prompt, res in zip(owners, prompts, results):
-                n = len(completions[i])
-                rows = dense_prompt_logprobs(res.prompt_logprobs, len(contexts[i]), n, self.vocab_size)
-                out[i] = torch.log_softmax(rows / temperature, dim=-1) if temperature != 1.0 else rows
-                scored += n
-                forwarded += len(prompt["prompt_token_ids"]) + 1
-            self.counters.add(scored_tokens=scored, forwarded_tokens=forwarded)
+            self._check_scorable(ctx, comp)
+            todo.append(i)
+        logits = self._completion_logits(todo, contexts, completions, cancel)
+        for i in todo:  # popped: one pair's raw logits and log-probabilities at a time, not all twice
+            out[i] = torch.log_softmax(logits.pop(i) / temperature, dim=-1)
+        self.counters.add(scored_tokens=sum(len(completions[i]) for i in todo))
         return out
+
+    def _check_scorable(self, ctx: Sequence[int], comp: Sequence[int]) -> None:
+        if not ctx:
+            raise ValueError("scoring needs a non-empty context (the first token has no prediction)")
+        if self.max_model_len is not None and len(ctx) + len(comp) + 1 > self.max_model_len:
+            raise ValueError(
+                f"context + completion ({len(ctx) + len(comp)} tokens) exceed the vLLM context ({self.max_model_len})"
+            )
+
+    def _completion_logits(self, todo: list[int], contexts, completions, cancel) -> dict:
+        """Raw logits [len(completion), vocab] for each pair in ``todo``, scored in groups on vLLM."""
+        logits: dict = {}
+        redo: list[int] = []
+        for group in self._groups(todo, contexts, completions, cached=True):
+            self._prefill_contexts([contexts[i] for i in group], cancel)
+            got, stale = self._score_group(group, contexts, completions, cancel, read_cache=True)
+            logits.update(got)
+            redo += stale
+        for group in self._groups(redo, contexts, completions, cached=False):
+            got, stale = self._score_group(group, contexts, completions, cancel, read_cache=False)
+            if stale:
+                raise RuntimeError("vLLM did not compute the prompt rows of a scoring request that skipped its cache")
+            logits.update(got)
+        return logits
+
+    def _cached_prefix(self, context_len: int) -> int:
+        """Context tokens a scoring request can read from the cache once its context is prefilled."""
+        block = self._cache_block
+        if not block or context_len - 1 < block:
+            return 0
+        return (context_len - 1) // block * block
+
+    def _groups(self, indices: list[int], contexts, completions, *, cached: bool):
+        """``indices`` in groups of at most GROUP_ROW_ELEMENTS computed rows x vocabulary, same contexts together."""
+        first_seen: dict[tuple, int] = {}
+        for i in indices:
+            first_seen.setdefault(tuple(contexts[i]), len(first_seen))
+        order = sorted(indices, key=lambda i: first_seen[tuple(contexts[i])])
+        limit = max(GROUP_ROW_ELEMENTS // self.vocab_size, 1)
+        group: list[int] = []
+        rows = 0
+        for i in order:
+            n = len(contexts[i]) + len(completions[i]) - (self._cached_prefix(len(contexts[i])) if cached else 0)
+            if group and rows + n > limit:
+                yield group
+                group, rows = [], 0
+            group.append(i)
+            rows += n
+        if group:
+            yield group
+
+    def _prefill_contexts(self, contexts: list[Sequence[int]], cancel) -> None:
+        """Put each distinct context but its last token in the scoring cache (salted: scoring requests only).
+
+        The last token stays out so that a cache hit never covers the row that predicts the first
+        completion token. Contexts shorter than a cache block are left alone: nothing of them can
+        be cached.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prefixes = {tuple(c[:-1]) for c in contexts if self._cached_prefix(len(c))}
+        if not prefixes:
+            return
+        prompts = [TokensPrompt(prompt_token_ids=list(p), cache_salt=SCORE_SALT) for p in sorted(prefixes)]
+        params = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False) for _ in prompts]
+        outputs = self._run(prompts, params, cancel)
+        self.counters.add(forwarded_tokens=sum(_computed_tokens(p, o) for p, o in zip(prompts, outputs)))
+
+    def _score_group(self, group: list[int], contexts, completions, cancel, *, read_cache: bool):
+        """Score one group on vLLM: ({pair: raw logits}, pairs whose rows were not computed)."""
+        import torch
+        from vllm.inputs import TokensPrompt
+
+        prompts = [
+            TokensPrompt(prompt_token_ids=list(contexts[i]) + list(completions[i]), cache_salt=SCORE_SALT)
+            for i in group
+        ]
+        # Row j of a prompt's scores predicts prompt token j + 1: completion token t is row len(context) - 1 + t.
+        wanted = [(len(contexts[i]) - 1, torch.tensor(list(completions[i]), dtype=torch.long)) for i in group]
+        capture = PromptScoreCapture(wanted, self.vocab_size)
+        params = [scoring_params(read_cache=read_cache) for _ in prompts]
+        outputs = self._run(prompts, params, cancel, capture=capture)
+        got, stale = {}, []
+        for i, prompt, output, rows in zip(group, prompts, outputs, capture.rows):
+            cached = getattr(output, "num_cached_tokens", None)
+            # A cache hit past the context's last token leaves completion rows uncomputed.
+            hit_too_far = read_cache and (cached is None or cached > len(contexts[i]) - 1)
+            if rows is None or hit_too_far:
+                stale.append(i)
+            else:
+                got[i] = rows
+        self.counters.add(forwarded_tokens=sum(_computed_tokens(p, o) for p, o in zip(prompts, outputs)))
+        return got, stale
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
@@ -357,6 +487,25 @@ class VLLMBackend:
         if llm is None:
             return
         ENGINES.stop(llm, in_process=self._in_process)
+
+
+def _scoring_mode(spec: ModelSpec, scoring: str | None) -> str:
+    mode = scoring if scoring is not None else spec.vllm_scoring
+    if mode not in SCORING_MODES:
+        raise ConfigError("vllm_scoring", mode, f"must be one of {', '.join(SCORING_MODES)}")
+    if mode == "twin" and tensor_parallel_size(spec) > 1:
+        raise ConfigError(
+            "vllm_scoring",
+            mode,
+            "the transformers twin holds the whole model on one device; with vllm_tensor_parallel_size > 1 score on "
+            "vLLM ('vllm')",
+        )
+    return mode
+
+
+def _computed_tokens(prompt, output) -> int:
+    """Prompt positions vLLM ran through the model for one request (those not read from the prefix cache)."""
+    return max(len(prompt["prompt_token_ids"]) - (getattr(output, "num_cached_tokens", None) or 0), 0)
 
 
 def _platform_device() -> str:

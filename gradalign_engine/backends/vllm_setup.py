@@ -1,8 +1,9 @@
-"""vLLM engine plumbing for :mod:`.vllm_backend`: seeds, devices, context length, engine lifetime.
+"""vLLM engine plumbing for :mod:`.vllm_backend`: seeds, devices, parallelism, context length,
+engine lifetime, and reading vLLM's full-vocabulary prompt scores as tensors.
 
-Everything here is a plain function or a small registry so that the backend class reads as
-"load, sample, score, close". It knows vLLM's knobs and process-global state; it knows nothing of
-branch requests, trees or teachers.
+Everything here is a plain function, a small registry or a capture hook, so that the backend class
+reads as "load, sample, score, close". It knows vLLM's knobs, its output objects and its
+process-global state; it knows nothing of branch requests, trees or teachers.
 """
 
 from __future__ import annotations
@@ -14,25 +15,33 @@ import logging
 import random
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from ..config import ModelSpec
 from ..errors import ConfigError
 
 __all__ = [
+    "SCORE_SALT",
     "branch_seed",
     "check_device",
-    "dense_prompt_logprobs",
+    "completion_logits",
     "eos_ids",
     "fitting_model_len",
     "llm_kwargs",
     "preserved_rng",
+    "scoring_params",
+    "tensor_parallel_size",
     "EngineRegistry",
+    "PromptScoreCapture",
 ]
 
 log = logging.getLogger(__name__)
 
 _SEED_BITS = 62  # vLLM gives the k-th of n samples seed + k: keep the sum inside int64
+# Scoring requests carry this cache salt: their prefix-cache blocks are shared only with each other,
+# never with sampled sequences (whose cached blocks would run past the context being scored).
+SCORE_SALT = "gradalign-score"
 
 
 def branch_seed(request_seed: int, forced: int | None, occurrence: int = 0) -> int:
@@ -88,7 +97,16 @@ def check_device(requested: str, platform_device: str) -> str:
     return platform_device
 
 
-def _kv_bytes_per_token(text_config, dtype: str) -> int | None:
+def tensor_parallel_size(spec: ModelSpec) -> int:
+    """GPUs one model is split over: ``spec.vllm_tensor_parallel_size`` (checked again: specs can be built by hand)."""
+    size = spec.vllm_tensor_parallel_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError("vllm_tensor_parallel_size", size, "must be a positive integer")
+    return size
+
+
+def _kv_bytes_per_token(text_config, dtype: str, tp: int = 1) -> int | None:
+    """KV-cache bytes one token takes on one GPU (vLLM splits the KV heads over the tensor-parallel ranks)."""
     layers = getattr(text_config, "num_hidden_layers", None)
     heads = getattr(text_config, "num_attention_heads", None)
     kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
@@ -96,13 +114,18 @@ def _kv_bytes_per_token(text_config, dtype: str) -> int | None:
     head_dim = getattr(text_config, "head_dim", None) or (hidden // heads if heads and hidden else None)
     if not (layers and kv_heads and head_dim):
         return None
-    return 2 * layers * kv_heads * head_dim * (4 if dtype == "float32" else 2)
+    kv_heads_per_rank = -(-kv_heads // tp)  # fewer heads than ranks: each rank keeps a replica of one
+    return 2 * layers * kv_heads_per_rank * head_dim * (4 if dtype == "float32" else 2)
 
 
 def fitting_model_len(text_config, spec: ModelSpec) -> int | None:
-    """The model's context length, capped to the tokens the KV cache can hold (vLLM refuses more)."""
+    """The model's context length, capped to the tokens the KV cache can hold (vLLM refuses more).
+
+    ``vllm_kv_cache_bytes`` is per GPU (vLLM's ``kv_cache_memory_bytes``), so under tensor
+    parallelism the same bytes hold more tokens.
+    """
     native = getattr(text_config, "max_position_embeddings", None)
-    per_token = _kv_bytes_per_token(text_config, spec.dtype)
+    per_token = _kv_bytes_per_token(text_config, spec.dtype, tensor_parallel_size(spec))
     if not (native and per_token):
         return None
     fits = (spec.vllm_kv_cache_bytes // per_token) // 16 * 16  # whole 16-token blocks
@@ -128,7 +151,12 @@ def llm_kwargs(spec: ModelSpec, device: str, max_model_len: int | None) -> dict:
         generation_config="vllm",  # no sampling defaults from the checkpoint: ours are explicit
         seed=0,
         max_model_len=max_model_len,
-        max_logprobs=-1,  # lets score_vllm ask for prompt_logprobs=-1 (the full vocabulary)
+        max_logprobs=-1,  # lets scoring ask for prompt_logprobs=-1 (the full vocabulary)
+        # Prompt scores are the raw logits (float32): the backend applies the temperature and
+        # log-softmax itself, as the HF backend does. Nothing here asks for sampled-token logprobs,
+        # the only other thing this mode changes.
+        logprobs_mode="raw_logits",
+        tensor_parallel_size=tensor_parallel_size(spec),
     )
     if device == "cpu":
         # vLLM's CPU runner cannot rewind a seeded request's generator when a chunked prefill
@@ -212,28 +240,87 @@ def close_at_exit(ref: weakref.ref) -> None:
             pass
 
 
-def dense_prompt_logprobs(prompt_logprobs, context_len: int, n: int, vocab: int):
-    """[n, vocab] float32 rows for completion tokens 0..n-1 from vLLM's (flat) prompt logprobs."""
+def scoring_params(*, read_cache: bool):
+    """SamplingParams of one scoring request: every prompt row over the full vocabulary, one greedy token.
+
+    vLLM skips the prefix cache for prompt-logprob requests unless told otherwise, because rows of
+    cached tokens are not computed; ``read_cache=True`` reads it, and the caller checks (from
+    ``num_cached_tokens``) that the rows it needs were computed.
+    """
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        max_tokens=1,
+        temperature=0.0,
+        prompt_logprobs=-1,
+        detokenize=False,
+        skip_reading_prefix_cache=not read_cache,
+    )
+
+
+def completion_logits(scores, first_row: int, targets, vocab: int):
+    """[n, vocab] float32 logits of prompt rows ``first_row ..`` ``first_row + n - 1``; None where vLLM skipped them.
+
+    ``scores`` is vLLM's LogprobsTensors for one prompt: row j scores prompt token j + 1; column 0
+    holds that token, columns 1.. every vocabulary id (sorted by score) with its raw logit
+    (``logprobs_mode="raw_logits"``). ``targets`` are the n completion tokens the rows predict.
+    """
     import torch
 
-    # Entry j (j >= 1) is the distribution of prompt token j given tokens < j; entry 0 is empty.
-    entries = prompt_logprobs
-    if len(entries) != context_len + n:
-        raise RuntimeError(f"vLLM returned {len(entries)} prompt-logprob rows for {context_len + n} prompt tokens")
-    rows = torch.full((n, vocab), float("-inf"), dtype=torch.float32)
-    flat = hasattr(entries, "start_indices")
-    for t in range(n):
-        j = context_len + t
-        if flat:
-            lo, hi = entries.start_indices[j], entries.end_indices[j]
-            token_ids = torch.tensor(entries.token_ids[lo:hi], dtype=torch.long)
-            values = torch.tensor(entries.logprobs[lo:hi], dtype=torch.float32)
-        else:
-            entry = entries[j]
-            token_ids = torch.tensor(list(entry.keys()), dtype=torch.long)
-            values = torch.tensor([lp.logprob for lp in entry.values()], dtype=torch.float32)
-        keep = token_ids < vocab  # vLLM may pad the vocabulary
-        rows[t].scatter_(0, token_ids[keep], values[keep])
-    if torch.isinf(rows).all(dim=-1).any():
-        raise RuntimeError("vLLM returned an empty prompt-logprob row")
+    ids, values = scores.logprob_token_ids, scores.logprobs
+    n = len(targets)
+    if ids.shape[1] != vocab + 1 or ids.shape[0] < first_row + n:
+        raise RuntimeError(
+            f"vLLM returned prompt scores of shape {tuple(ids.shape)}; expected >= {first_row + n} rows of {vocab + 1}"
+        )
+    ids, values = ids[first_row : first_row + n], values[first_row : first_row + n]
+    if not torch.equal(ids[:, 0].long(), targets):
+        return None  # rows left unwritten (their tokens came from the prefix cache)
+    rows = torch.full((n, vocab), float("nan"), dtype=torch.float32)
+    rows.scatter_(1, ids[:, 1:].long(), values[:, 1:].float())
+    if torch.isnan(rows).any():
+        raise RuntimeError("vLLM's prompt scores do not cover the vocabulary (or are NaN)")
     return rows
+
+
+class PromptScoreCapture:
+    """Takes vLLM's prompt scores off the engine's outputs as tensors, keeping only the completion rows.
+
+    vLLM's output processor turns full-vocabulary prompt logprobs into Python lists, one float and
+    one int object per (row, vocabulary entry): for SmolLM2 that is gigabytes and tens of seconds
+    per few requests. While attached, this hook reads each scored request's tensors first, keeps the
+    rows it was asked for as one dense tensor, and hands the output on without them.
+    """
+
+    def __init__(self, wanted: Sequence[tuple[int, object]], vocab: int) -> None:
+        self._wanted = list(wanted)  # per prompt: (first row wanted, completion tokens as a LongTensor)
+        self._vocab = vocab
+        self._slot: dict[str, int] = {}
+        self.rows: list = [None] * len(self._wanted)
+
+    @contextmanager
+    def attached(self, engine, request_ids: Sequence[str]) -> Iterator[PromptScoreCapture]:
+        """Hook into ``engine``'s output processor for the requests ``request_ids`` (prompt order)."""
+        self._slot = {rid: j for j, rid in enumerate(request_ids)}
+        processor = engine.output_processor
+        inner = processor.process_outputs
+
+        def process_outputs(outputs, *args, **kwargs):
+            for out in outputs:
+                self._take(out)
+            return inner(outputs, *args, **kwargs)
+
+        processor.process_outputs = process_outputs  # an instance attribute shadows the method
+        try:
+            yield self
+        finally:
+            del processor.process_outputs
+
+    def _take(self, out) -> None:
+        j = self._slot.get(out.request_id)
+        scores = out.new_prompt_logprobs_tensors
+        if j is None or scores is None:
+            return
+        out.new_prompt_logprobs_tensors = None  # the output processor would make lists of them
+        first_row, targets = self._wanted[j]
+        self.rows[j] = completion_logits(scores, first_row, targets, self._vocab)

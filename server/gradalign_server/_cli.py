@@ -1,7 +1,11 @@
 """``gradalign serve``: the command line of the server (flags, logging, signals).
 
 Builds the server with :func:`~._server.create_server` and runs it until SIGTERM or SIGINT; exit codes:
-0 after a shutdown, 1 when the models fail to load, 2 on a bad config, address, port in use or TLS file.
+0 after a shutdown, 1 when the models fail to load (or the Ray workers do not start), 2 on a bad
+config, address, port in use, TLS file or executor flag.
+
+``--executor ray`` keeps the API, the store and the metrics here and the models in Ray actors
+(``--ray-address``, ``--ray-workers``, ``--ray-gpus-per-worker``; see README "Scaling out").
 
 Shutdown is bounded: the process exits within ``--grace`` seconds plus a few, whatever a job is
 doing. If a job is still inside the engine after it was cancelled, the process exits without
@@ -20,6 +24,8 @@ from pathlib import Path
 
 import structlog
 
+from gradalign_engine.ray_executor import add_executor_arguments, executor_from_args
+
 from ._server import WORKER_STOP_S, TlsFiles, create_server, host_of
 from ._service import ServiceLimits
 
@@ -29,23 +35,54 @@ log = structlog.get_logger("gradalign.server")
 
 
 def configure_logging(level: str = "info", json_logs: bool = True) -> None:
-    """structlog to stderr: one JSON object per event (or console lines with ``json_logs=False``)."""
+    """structlog to stderr: one JSON object per event (or console lines with ``json_logs=False``).
+
+    With JSON logs, stderr carries JSON only: the standard library's loggers (transformers, vLLM,
+    torch) go through the same renderer, and progress bars of the libraries are switched off.
+    """
     import logging
 
+    renderer = (
+        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer()
-            if json_logs
-            else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    if json_logs:
+        _json_stdlib_logging(shared, renderer, level)
+
+
+def _json_stdlib_logging(shared, renderer, level: str) -> None:
+    import logging
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # vLLM logs through the root logger below
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(getattr(logging, level.upper()), logging.INFO))
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
+    except ImportError:  # the server always has transformers; tools embedding it may not
+        pass
 
 
 def _default_db() -> str:
@@ -112,6 +149,7 @@ def build_parser(prog: str = "gradalign serve") -> argparse.ArgumentParser:
         default=30.0,
         help="seconds in-flight calls get to finish on SIGTERM (default %(default)s)",
     )
+    add_executor_arguments(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--console-logs", action="store_true", help="human-readable logs instead of JSON")
     return p
@@ -154,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_run_config(args.config)
         token, tls = _token(args), _tls(args)
+        executor = executor_from_args(args)
     except (ConfigError, OSError) as exc:
         print(f"gradalign serve: {exc}", file=sys.stderr)
         return 2
@@ -176,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             on_loaded=lambda error: wake.set(),
             tls=tls,
             expose_paths=args.expose_model_paths,
+            executor=executor,
         )
     except OSError as exc:
         print(f"gradalign serve: {exc}", file=sys.stderr)

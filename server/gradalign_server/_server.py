@@ -2,9 +2,14 @@
 
 The command line (``gradalign serve``) is in :mod:`._cli`. Components and threads:
 - a gRPC thread pool serving gradalign.v1.GradAlign, grpc.health.v1 and server reflection;
-- one engine worker thread (:class:`~._jobs.JobManager`) that alone drives the models;
-- a loader thread that builds the engine at start (health says NOT_SERVING until it is done);
+- engine worker threads (:class:`~._jobs.JobManager`), one per engine handle: in-process one thread
+  that alone drives the local models; with the Ray executor one per actor, each driving its actor;
+- a loader thread that builds the engine at start, or starts the actors and waits until they loaded
+  their models (health says NOT_SERVING until it is done);
 - the Prometheus HTTP thread for ``/metrics``.
+
+With the Ray executor (:mod:`._ray`) this process holds no model weights: it keeps the API, the store
+and the metrics, and the actors keep the models.
 
 Lifecycle: bind and start -> load models (NOT_SERVING) -> SERVING -> on SIGTERM/SIGINT: health
 NOT_SERVING, ``server.stop(grace)`` lets in-flight calls finish (cancelling the rest, which stops
@@ -33,6 +38,7 @@ from gradalign_client._proto.gradalign.v1 import gradalign_pb2_grpc as pb_grpc
 from . import _wire
 from ._jobs import JobManager
 from ._metrics import Metrics
+from ._ray import remote_engine_factory
 from ._service import EngineState, GradAlignService, ServiceLimits
 from ._servicer import GradAlignServicer
 from ._store import Store
@@ -128,8 +134,17 @@ class _TokenInterceptor(grpc.ServerInterceptor):
         return self._deny
 
 
-def _engine_factory(engine_or_config: Any) -> tuple[Any | None, Callable[[], Any] | None]:
-    """(engine, None) for a ready engine; (None, factory) for a config, a TOML path or a callable."""
+def _engine_factory(engine_or_config: Any, executor: Any = None) -> tuple[Any | None, Callable[[], Any] | None]:
+    """(engine, None) for a ready engine; (None, factory) for a config, a TOML path or a callable.
+
+    With ``executor`` (a RayExecutorConfig) the factory starts Ray actors from the config or path.
+    """
+    if executor is not None:
+        from gradalign_engine.config import RunConfig
+
+        if not isinstance(engine_or_config, (str, Path, RunConfig)):
+            raise ValueError("the ray executor needs a RunConfig or a TOML path to start its actors from")
+        return None, remote_engine_factory(engine_or_config, executor)
     if hasattr(engine_or_config, "build_tree") and hasattr(engine_or_config, "score_tree"):
         return engine_or_config, None
     if isinstance(engine_or_config, (str, Path)):
@@ -139,7 +154,7 @@ def _engine_factory(engine_or_config: Any) -> tuple[Any | None, Callable[[], Any
             from gradalign_engine.config import load_run_config
             from gradalign_engine.pipeline import Engine
 
-            return Engine(load_run_config(path))
+            return Engine(load_run_config(path), on_loaded=_log_loaded)
 
         return None, from_path
     if callable(engine_or_config):
@@ -148,9 +163,13 @@ def _engine_factory(engine_or_config: Any) -> tuple[Any | None, Callable[[], Any
     def from_config():
         from gradalign_engine.pipeline import Engine
 
-        return Engine(engine_or_config)
+        return Engine(engine_or_config, on_loaded=_log_loaded)
 
     return None, from_config
+
+
+def _log_loaded(role: str, name: str, seconds: float) -> None:
+    log.info("model_loaded", role=role, name=name, seconds=round(seconds, 1))
 
 
 class GradalignServer:
@@ -212,6 +231,10 @@ class GradalignServer:
         try:
             log.info("loading_models")
             engine = factory()
+            if self._stopped:  # stopped while loading: stop() found nothing to close
+                if self._owns_engine:
+                    engine.close()
+                return
             self._ready(engine)
         except BaseException as exc:  # noqa: BLE001 - reported through health, RPCs and on_loaded
             error = exc
@@ -226,10 +249,12 @@ class GradalignServer:
 
     def _ready(self, engine: Any) -> None:
         self.service.state.ready(engine, expose_paths=self.expose_paths)
+        # Ray: one worker per actor; in-process: the engine is its own (single) worker.
+        self.jobs.start(engine.worker_handles() if hasattr(engine, "worker_handles") else [engine])
         self.metrics.set_models(self.state.models)
         if not self._stopped:
             self._set_serving(True)
-        log.info("models_loaded", models=[m.name for m in self.state.models])
+        log.info("models_loaded", models=[m.name for m in self.state.models], workers=self.jobs.workers)
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
         """Block until the models are loaded; re-raise the load error; TimeoutError after ``timeout``."""
@@ -247,8 +272,9 @@ class GradalignServer:
     def stop(self, grace: float | None = 5.0) -> bool:
         """Graceful stop, bounded in time: NOT_SERVING, drain in-flight calls for ``grace`` s, cancel the rest.
 
-        Then the running job is cancelled and gets :data:`WORKER_STOP_S` to reach its next check; the
-        engine is closed only if it did (a job still inside the engine keeps it). Returns True when
+        Then the running jobs are cancelled and get :data:`WORKER_STOP_S` to reach their next check
+        (a Ray worker stops waiting at once and cancels its actor's job); the engine is closed (the
+        actors stopped) only if they did (a job still inside the engine keeps it). Returns True when
         every component stopped, False when a job was left running (the caller may exit anyway:
         stored work is never half-written).
         """
@@ -298,6 +324,8 @@ def _grpc_server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradalign-rpc"),
         options=server_options(),
         interceptors=interceptors,
+        # Calls beyond the threads are refused at once (RESOURCE_EXHAUSTED) instead of waiting unseen.
+        maximum_concurrent_rpcs=workers,
     )
     pb_grpc.add_GradAlignServicer_to_server(servicer, grpc_server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -321,6 +349,7 @@ def create_server(
     close_engine: bool | None = None,
     tls: TlsFiles | None = None,
     expose_paths: bool = False,
+    executor: Any = None,
 ) -> tuple[GradalignServer, int]:
     """Build, bind and start a gradalign server.
 
@@ -340,7 +369,8 @@ def create_server(
     max_queue : int
         Engine jobs that may wait; more are refused with RESOURCE_EXHAUSTED.
     max_workers : int, optional
-        gRPC threads (default ``max_queue + 8``: every queued caller holds one while it waits).
+        gRPC threads (default ``max_queue + 7 + engine workers``: every queued or running caller holds
+        one while it waits).
     limits : ServiceLimits, optional
         Per-request limits (worst-case tokens of a BuildTree, trees per request).
     metrics_port : int, optional
@@ -355,16 +385,20 @@ def create_server(
         Serve over TLS (mutual TLS when it has a client CA); None: plaintext.
     expose_paths : bool
         Show the server's local model paths in receipts (default: replaced by ``"<local path>"``).
+    executor : RayExecutorConfig, optional
+        Run the models in Ray actors (``gradalign_engine.ray_executor``), one engine worker each;
+        ``engine_or_config`` must then be a RunConfig or a TOML path. None: in this process.
 
     Returns
     -------
     (GradalignServer, int)
         The started server and the bound port.
     """
-    engine, factory = _engine_factory(engine_or_config)
+    engine, factory = _engine_factory(engine_or_config, executor)
     service = _service(db_path, max_queue, limits or ServiceLimits())
     servicer = GradAlignServicer(service)
-    grpc_server, health_servicer = _grpc_server(servicer, token, max_workers or max_queue + 8)
+    engine_workers = executor.workers if executor is not None else 1
+    grpc_server, health_servicer = _grpc_server(servicer, token, max_workers or max_queue + 7 + engine_workers)
     port = _bind(grpc_server, address, tls)
     server = GradalignServer(
         grpc_server,
@@ -385,6 +419,7 @@ def create_server(
         auth=bool(token),
         tls="mutual" if tls and tls.client_ca else bool(tls),
         max_queue=max_queue,
+        executor="ray" if executor is not None else "inprocess",
     )
     if metrics_port is not None:
         try:

@@ -2,9 +2,15 @@
 
 Plain Python: it takes and returns the engine's types (Question, settings dataclasses, records,
 reports), never protobuf messages or gRPC contexts. For each operation it looks in the store first,
-and otherwise hands the work to the :class:`~._jobs.JobManager`, whose single worker owns the engine;
-then it stores the result and counts it in the metrics. The engine is reached through the typed
-:class:`EngineBoundary`; every cache key comes from the engine (tree ids, record keys) or from
+and otherwise hands the work to the :class:`~._jobs.JobManager`, whose worker threads each drive one
+engine handle; then it stores the result and counts it in the metrics, in this process, after the
+engine call returned (a worker lost mid-job leaves nothing half-written).
+
+Two faces of the engine: :class:`EngineQueries` (``state.engine``: config, models, receipt, cache keys,
+question checks; no sampling) answers on the RPC threads, :class:`EngineWorker` (the handle a job
+receives: build, score, estimate) runs on a worker. In-process both are the one local Engine; with
+the Ray executor the first is ``RemoteEngine`` (no models in this process) and the second a
+``RayWorker`` per actor. Every cache key comes from the engine (tree ids, record keys) or from
 ``gradalign_engine.identity`` (report keys).
 """
 
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +26,7 @@ from typing import Any, Protocol
 from gradalign_engine.aggregate import Report, build_report
 from gradalign_engine.backends.base import CancelToken
 from gradalign_engine.config import AnalysisConfig, RolloutConfig, RunConfig, SamplingConfig
+from gradalign_engine.cost import CostEstimate
 from gradalign_engine.data import Question
 from gradalign_engine.errors import BudgetError, NotFoundError
 from gradalign_engine.identity import report_key
@@ -32,6 +40,8 @@ from ._store import Store
 
 __all__ = [
     "EngineBoundary",
+    "EngineQueries",
+    "EngineWorker",
     "EngineState",
     "GradAlignService",
     "ServiceLimits",
@@ -41,8 +51,8 @@ __all__ = [
 ]
 
 
-class EngineBoundary(Protocol):
-    """What the service needs of an engine (``gradalign_engine.pipeline.Engine`` has it)."""
+class EngineQueries(Protocol):
+    """The cheap engine queries the RPC threads make (``Engine``; ``RemoteEngine`` in ray mode)."""
 
     config: RunConfig
 
@@ -65,6 +75,27 @@ class EngineBoundary(Protocol):
         self, question: Question, sampling: SamplingConfig | None = None, target_teachers: Sequence[str] | None = None
     ) -> None: ...
 
+    def close(self) -> None: ...
+
+
+class EngineWorker(Protocol):
+    """The engine work a job does on its worker (``Engine``; a ``RayWorker`` per actor in ray mode).
+
+    ``student.counters.snapshot()["generated_tokens"]`` counts what this handle's engine sampled.
+    """
+
+    student: Any
+
+    def estimate(
+        self,
+        questions: Sequence[Question],
+        *,
+        rollouts: RolloutConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        target_teachers: Sequence[str] | None = None,
+        teachers: Sequence[str] | None = None,
+    ) -> CostEstimate: ...
+
     def build_tree(
         self,
         question: Question,
@@ -74,6 +105,7 @@ class EngineBoundary(Protocol):
         seed: int | None = None,
         target_teachers: Sequence[str] | None = None,
         cancel: CancelToken | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
     ) -> RolloutTree: ...
 
     def score_tree(
@@ -86,7 +118,9 @@ class EngineBoundary(Protocol):
         cancel: CancelToken | None = None,
     ) -> list[AlignmentRecord]: ...
 
-    def close(self) -> None: ...
+
+class EngineBoundary(EngineQueries, EngineWorker, Protocol):
+    """Both faces in one object: the in-process ``gradalign_engine.pipeline.Engine``."""
 
 
 @dataclass(frozen=True)
@@ -112,16 +146,16 @@ def check_budget(rollouts: RolloutConfig, sampling: SamplingConfig, max_tokens: 
 
 
 class EngineState:
-    """The engine and what is derived from it once loaded; ``error`` when loading failed."""
+    """The engine's queries and what is derived from them once loaded; ``error`` when loading failed."""
 
     def __init__(self) -> None:
-        self.engine: EngineBoundary | None = None
+        self.engine: EngineQueries | None = None
         self.error: BaseException | None = None
         self.models: list[ModelEntry] = []
         self.teachers: list[str] = []
         self.receipt: dict[str, Any] = {}
 
-    def ready(self, engine: EngineBoundary, expose_paths: bool = False) -> None:
+    def ready(self, engine: EngineQueries, expose_paths: bool = False) -> None:
         self.models = list(engine.list_models())
         self.teachers = [m.name for m in self.models if m.role == "teacher"]
         receipt = dict(engine.receipt())
@@ -188,7 +222,7 @@ class GradAlignService:
         self._encode, self._decode = encode, decode
 
     @property
-    def engine(self) -> EngineBoundary:
+    def engine(self) -> EngineQueries:
         return self.state.engine
 
     def teachers(self, names: Sequence[str]) -> list[str]:
@@ -213,10 +247,12 @@ class GradAlignService:
         seed: int | None,
         targets: list[str] | None,
         cancel: CancelToken,
+        on_progress: Callable[..., None] | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """(tree id, summary dict with ``cache_hit``): from the store, or built on the engine's worker.
+        """(tree id, summary dict with ``cache_hit``): from the store, or built on an engine worker.
 
-        Identical concurrent requests (same tree id) share one build.
+        Identical concurrent requests (same tree id) share one build. ``on_progress(**event)`` gets
+        the build's JobProgress fields (stage, done, total, tokens_generated, seconds, queued_ahead).
         """
         self.engine.check_question(question, sampling, targets)
         check_budget(rollouts, sampling, self.limits.max_request_tokens)
@@ -225,9 +261,12 @@ class GradAlignService:
         if summary is None:
             summary = self.jobs.run(
                 "build_tree",
-                lambda c: self._build(question, rollouts, sampling, seed, targets, tree_id, c),
+                lambda engine, c, notify: self._build(
+                    engine, question, rollouts, sampling, seed, targets, tree_id, c, notify
+                ),
                 cancel,
                 key=("tree", tree_id),
+                listener=on_progress,
             )
         else:
             summary = {**summary, "cache_hit": True}
@@ -235,13 +274,26 @@ class GradAlignService:
             self.metrics.cache_hits.labels(kind="tree").inc()
         return tree_id, summary
 
-    def _build(self, question, rollouts, sampling, seed, targets, tree_id, cancel) -> dict[str, Any]:
+    def _build(self, engine, question, rollouts, sampling, seed, targets, tree_id, cancel, notify) -> dict[str, Any]:
         """Worker side of BuildTree: build unless an earlier job stored the same tree meanwhile."""
         stored = self.store.get_tree_summary(tree_id)
         if stored is not None:
             return {**stored, "cache_hit": True}
-        tree = self.engine.build_tree(
-            question, rollouts=rollouts, sampling=sampling, seed=seed, target_teachers=targets, cancel=cancel
+        counters, started = engine.student.counters, time.monotonic()
+        before = counters.snapshot()["generated_tokens"]
+
+        def progress(stage: str, done: int, total: int) -> None:
+            generated = counters.snapshot()["generated_tokens"] - before
+            notify(stage=stage, done=done, total=total, tokens_generated=generated, seconds=time.monotonic() - started)
+
+        tree = engine.build_tree(
+            question,
+            rollouts=rollouts,
+            sampling=sampling,
+            seed=seed,
+            target_teachers=targets,
+            cancel=cancel,
+            progress=progress,
         )
         summary = dataclasses.asdict(tree.summary)
         self.store.put_tree(tree.tree_id, question.id, summary, tree.to_dict())
@@ -250,6 +302,20 @@ class GradAlignService:
             sum(len(r.tokens) for r in tree.rollouts) * len(targets if targets is not None else self.state.teachers),
         )
         return {**summary, "cache_hit": False}
+
+    # ------------------------------------------------------------------ EstimateCost
+    def estimate(self, questions, rollouts, sampling, targets, teachers, cancel) -> CostEstimate:
+        """The expected cost of building and scoring ``questions``: a calibration on an engine worker."""
+        for question in questions:
+            self.engine.check_question(question, sampling, targets)
+        check_budget(rollouts, sampling, self.limits.max_request_tokens)
+        return self.jobs.run(
+            "estimate",
+            lambda engine, c, _notify: engine.estimate(
+                questions, rollouts=rollouts, sampling=sampling, target_teachers=targets, teachers=teachers
+            ),
+            cancel,
+        )
 
     # ------------------------------------------------------------------ records
     def records(
@@ -278,15 +344,18 @@ class GradAlignService:
         return [r for t in teachers for m in analysis.methods for r in found[(t, m)]]
 
     def _score(self, tree_id: str, teachers: list[str], analysis: AnalysisConfig, keys: dict[str, str], cancel):
-        """Score on the worker and store the records there; identical concurrent requests share one job."""
+        """Score on a worker, then store the records (here, once scoring returned); identical requests share a job."""
         key = ("records", tree_id, tuple(teachers), tuple(analysis.methods), tuple(keys[t] for t in teachers))
         return self.jobs.run(
-            "score_tree", lambda c: self._score_on_worker(tree_id, teachers, analysis, keys, c), cancel, key=key
+            "score_tree",
+            lambda engine, c, _notify: self._score_on_worker(engine, tree_id, teachers, analysis, keys, c),
+            cancel,
+            key=key,
         )
 
-    def _score_on_worker(self, tree_id, teachers, analysis, keys, cancel) -> dict[tuple[str, str], list]:
+    def _score_on_worker(self, engine, tree_id, teachers, analysis, keys, cancel) -> dict[tuple[str, str], list]:
         tree = RolloutTree.from_dict(self.store.get_tree(tree_id) or _missing_tree(tree_id))
-        records = self.engine.score_tree(tree, teachers, list(analysis.methods), analysis=analysis, cancel=cancel)
+        records = engine.score_tree(tree, teachers, list(analysis.methods), analysis=analysis, cancel=cancel)
         grouped: dict[tuple[str, str], list[AlignmentRecord]] = {(t, m): [] for t in teachers for m in analysis.methods}
         for record in records:
             grouped.setdefault((record.teacher, record.method), []).append(record)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,6 +45,21 @@ _SPLITS = {
     pb.SPLIT_MIXED: "mixed",
 }
 _DEADLINE_MARGIN_S = 0.5  # a call ending this close to its deadline ended because of it
+_PROGRESS_INTERVAL_S = 0.5  # WatchBuildTree sends at most two progress events a second per stage
+
+
+class _Throttle:
+    """Lets an event through when its stage changed or ``interval`` seconds passed."""
+
+    def __init__(self, interval: float):
+        self.interval, self.last, self.stage = interval, 0.0, None
+
+    def due(self, stage: str) -> bool:
+        now = time.monotonic()
+        if stage != self.stage or now - self.last >= self.interval:
+            self.stage, self.last = stage, now
+            return True
+        return False
 
 
 def _prefixed(prefix: str, exc: ConfigError | DatasetError) -> ConfigError:
@@ -246,23 +263,94 @@ class GradAlignServicer(pb_grpc.GradAlignServicer):
         call.fields["models"] = len(self.state.models)
         return response
 
-    @_rpc()
-    def BuildTree(self, request, context, call):
+    def _build_request(self, request):
         question = self._question(request)
         rollouts, sampling = self._rollout_settings(request)
         seed = self._seed(request)
         names = self._names("target_teachers", request.target_teachers)
         targets = self.service.teachers(names) if names else None
-        tree_id, summary = self.service.build_tree(question, rollouts, sampling, seed, targets, call.cancel)
+        return question, rollouts, sampling, seed, targets
+
+    @staticmethod
+    def _build_response(call, question, tree_id: str, summary: dict) -> pb.BuildTreeResponse:
         call.fields.update(tree_id=tree_id, question_id=question.id)
-        call.fields.update(
-            {
-                k: summary[k]
-                for k in ("rollouts", "correct", "nodes_analysed", "continuations", "tokens_generated", "cache_hit")
-            }
-        )
+        keys = ("rollouts", "correct", "nodes_analysed", "continuations", "tokens_generated", "cache_hit")
+        call.fields.update({k: summary[k] for k in keys})
         response = pb.BuildTreeResponse(tree_id=tree_id, question_id=question.id)
         wire.summary_to_message(summary, response.summary)
+        return response
+
+    @_rpc()
+    def BuildTree(self, request, context, call):
+        question, rollouts, sampling, seed, targets = self._build_request(request)
+        tree_id, summary = self.service.build_tree(question, rollouts, sampling, seed, targets, call.cancel)
+        return self._build_response(call, question, tree_id, summary)
+
+    @_rpc(stream=True)
+    def WatchBuildTree(self, request, context, call) -> Iterator[pb.BuildTreeEvent]:
+        question, rollouts, sampling, seed, targets = self._build_request(request)
+        events: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                result = self.service.build_tree(
+                    question,
+                    rollouts,
+                    sampling,
+                    seed,
+                    targets,
+                    call.cancel,
+                    on_progress=lambda **event: events.put(("progress", event)),
+                )
+                events.put(("result", result))
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the RPC thread, mapped to a status
+                events.put(("error", exc))
+
+        # The build waits on its own thread, so that this one can send progress while it runs.
+        threading.Thread(target=work, name="gradalign-watch", daemon=True).start()
+        throttle = _Throttle(_PROGRESS_INTERVAL_S)
+        while True:
+            kind, value = events.get()
+            if kind == "error":
+                raise value
+            if kind == "result":
+                response = self._build_response(call, question, *value)
+                yield pb.BuildTreeEvent(
+                    progress=pb.JobProgress(
+                        stage="done",
+                        tokens_generated=response.summary.tokens_generated,
+                        seconds=response.summary.seconds,
+                    )
+                )
+                yield pb.BuildTreeEvent(result=response)
+                return
+            if throttle.due(value.get("stage", "")):
+                call.count("progress_events", 1)
+                yield pb.BuildTreeEvent(progress=pb.JobProgress(**value))
+
+    @_rpc()
+    def EstimateCost(self, request, context, call):
+        if not request.questions:
+            raise ConfigError("questions", [], "at least one question is required")
+        if len(request.questions) > 10_000:
+            raise ConfigError("questions", f"{len(request.questions)} questions", "at most 10000")
+        questions = []
+        for i, message in enumerate(request.questions):
+            try:
+                questions.append(self._question(pb.BuildTreeRequest(question=message)))
+            except ConfigError as exc:
+                raise ConfigError(f"questions[{i}].{exc.field_name.split('.', 1)[-1]}", exc.value, exc.reason) from None
+        rollouts, sampling = self._rollout_settings(request)
+        targets = (
+            self.service.teachers(self._names("target_teachers", request.target_teachers))
+            if request.target_teachers
+            else None
+        )
+        teachers = self.service.teachers(self._names("teachers", request.teachers))
+        estimate = self.service.estimate(questions, rollouts, sampling, targets, teachers, call.cancel)
+        call.fields.update(questions=len(questions), seconds_expected=round(estimate.seconds, 1))
+        response = pb.EstimateCostResponse()
+        wire.to_message(estimate, response.estimate)
         return response
 
     @_rpc()

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from gradalign_client import Client, GradalignError
     from gradalign_client._table import format_table
-    from gradalign_client.cli import _progress
+    from gradalign_client.cli import _estimate_lines, vet_progress
     from gradalign_engine.data import bundled_dataset_path
     from gradalign_engine.errors import GradalignError as EngineError
 
@@ -119,20 +119,33 @@ def main(argv: list[str] | None = None) -> int:
             f"server on 127.0.0.1:{port}; vetting {args.questions} questions of {dataset} with {', '.join(teachers)}",
             file=sys.stderr,
         )
-        update, close = _progress() if not args.quiet else (None, lambda: None)
         with Client(f"127.0.0.1:{port}", timeout=None) as client:
             try:
-                report = client.vet(
-                    dataset, teachers, list(config.analysis.methods), args.questions, update, seed=args.seed
-                )
+                methods = list(config.analysis.methods)
+                estimate = client.estimate_cost(dataset, limit=args.questions, teachers=teachers)
+                print(_estimate_lines(estimate), file=sys.stderr)
+                progress, on_stage, close = vet_progress(min(args.questions, estimate.questions), args.quiet)
+                run_started = time.perf_counter()
+                try:
+                    report = client.vet(
+                        dataset, teachers, methods, args.questions, progress, seed=args.seed, on_stage=on_stage
+                    )
+                finally:
+                    close()
+                spent = time.perf_counter() - run_started
+                generated = server.metrics.value("gradalign_tokens_generated_total")
             except GradalignError as exc:
                 print(f"gradalign demo: {exc}", file=sys.stderr)
                 return 1
             except KeyboardInterrupt:
                 print("\ngradalign demo: interrupted; stopping the server", file=sys.stderr)
                 return 130
-            finally:
-                close()
+        print(
+            f"estimate vs actual: generated tokens {estimate.generated_tokens:,} vs {generated:,.0f} "
+            f"(x{estimate.generated_tokens / max(generated, 1):.2f}), time {estimate.seconds:.0f} s vs {spent:.0f} s "
+            f"(x{estimate.seconds / max(spent, 1e-9):.2f})",
+            file=sys.stderr,
+        )
         sys.stdout.write(format_table(report))
         print(f"\ndone in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         return 0

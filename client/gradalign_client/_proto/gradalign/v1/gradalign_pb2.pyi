@@ -165,6 +165,76 @@ class BuildTreeResponse(_message.Message):
     summary: TreeSummary
     def __init__(self, tree_id: _Optional[str] = ..., question_id: _Optional[str] = ..., summary: _Optional[_Union[TreeSummary, _Mapping]] = ...) -> None: ...
 
+class JobProgress(_message.Message):
+    __slots__ = ("stage", "done", "total", "tokens_generated", "seconds", "queued_ahead")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_AHEAD_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    tokens_generated: int
+    seconds: float
+    queued_ahead: int
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., seconds: _Optional[float] = ..., queued_ahead: _Optional[int] = ...) -> None: ...
+
+class BuildTreeEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: JobProgress
+    result: BuildTreeResponse
+    def __init__(self, progress: _Optional[_Union[JobProgress, _Mapping]] = ..., result: _Optional[_Union[BuildTreeResponse, _Mapping]] = ...) -> None: ...
+
+class EstimateCostRequest(_message.Message):
+    __slots__ = ("questions", "settings", "target_teachers", "teachers")
+    QUESTIONS_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TEACHERS_FIELD_NUMBER: _ClassVar[int]
+    TEACHERS_FIELD_NUMBER: _ClassVar[int]
+    questions: _containers.RepeatedCompositeFieldContainer[Question]
+    settings: RolloutSettings
+    target_teachers: _containers.RepeatedScalarFieldContainer[str]
+    teachers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, questions: _Optional[_Iterable[_Union[Question, _Mapping]]] = ..., settings: _Optional[_Union[RolloutSettings, _Mapping]] = ..., target_teachers: _Optional[_Iterable[str]] = ..., teachers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Calibration(_message.Message):
+    __slots__ = ("generate_tokens_per_s", "score_tokens_per_s", "mean_completion_fraction", "seconds")
+    GENERATE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    MEAN_COMPLETION_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    generate_tokens_per_s: float
+    score_tokens_per_s: float
+    mean_completion_fraction: float
+    seconds: float
+    def __init__(self, generate_tokens_per_s: _Optional[float] = ..., score_tokens_per_s: _Optional[float] = ..., mean_completion_fraction: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class CostEstimate(_message.Message):
+    __slots__ = ("questions", "generated_tokens", "teacher_scored_tokens", "nodes", "seconds", "calibration")
+    QUESTIONS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_SCORED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    questions: int
+    generated_tokens: int
+    teacher_scored_tokens: int
+    nodes: int
+    seconds: float
+    calibration: Calibration
+    def __init__(self, questions: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., teacher_scored_tokens: _Optional[int] = ..., nodes: _Optional[int] = ..., seconds: _Optional[float] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ...) -> None: ...
+
+class EstimateCostResponse(_message.Message):
+    __slots__ = ("estimate",)
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    estimate: CostEstimate
+    def __init__(self, estimate: _Optional[_Union[CostEstimate, _Mapping]] = ...) -> None: ...
+
 class AnalysisSettings(_message.Message):
     __slots__ = ("jsd_beta", "minillm_gamma", "minillm_length_norm", "minillm_single_step", "teacher_temperature", "min_ideal_norm", "bootstrap_samples", "bootstrap_unit")
     JSD_BETA_FIELD_NUMBER: _ClassVar[int]

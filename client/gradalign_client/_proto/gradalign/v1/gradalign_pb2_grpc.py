@@ -55,6 +55,16 @@ class GradAlignStub:
                 request_serializer=gradalign_dot_v1_dot_gradalign__pb2.StreamAlignmentsRequest.SerializeToString,
                 response_deserializer=gradalign_dot_v1_dot_gradalign__pb2.StreamAlignmentsResponse.FromString,
                 _registered_method=True)
+        self.WatchBuildTree = channel.unary_stream(
+                '/gradalign.v1.GradAlign/WatchBuildTree',
+                request_serializer=gradalign_dot_v1_dot_gradalign__pb2.BuildTreeRequest.SerializeToString,
+                response_deserializer=gradalign_dot_v1_dot_gradalign__pb2.BuildTreeEvent.FromString,
+                _registered_method=True)
+        self.EstimateCost = channel.unary_unary(
+                '/gradalign.v1.GradAlign/EstimateCost',
+                request_serializer=gradalign_dot_v1_dot_gradalign__pb2.EstimateCostRequest.SerializeToString,
+                response_deserializer=gradalign_dot_v1_dot_gradalign__pb2.EstimateCostResponse.FromString,
+                _registered_method=True)
 
 
 class GradAlignServicer:
@@ -89,6 +99,20 @@ class GradAlignServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchBuildTree(self, request, context):
+        """BuildTree with progress: JobProgress events while the tree is built, then the BuildTreeResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EstimateCost(self, request, context):
+        """What building and scoring trees for these questions would cost on this server (a short calibration).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GradAlignServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +135,16 @@ def add_GradAlignServicer_to_server(servicer, server):
                     servicer.StreamAlignments,
                     request_deserializer=gradalign_dot_v1_dot_gradalign__pb2.StreamAlignmentsRequest.FromString,
                     response_serializer=gradalign_dot_v1_dot_gradalign__pb2.StreamAlignmentsResponse.SerializeToString,
+            ),
+            'WatchBuildTree': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBuildTree,
+                    request_deserializer=gradalign_dot_v1_dot_gradalign__pb2.BuildTreeRequest.FromString,
+                    response_serializer=gradalign_dot_v1_dot_gradalign__pb2.BuildTreeEvent.SerializeToString,
+            ),
+            'EstimateCost': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateCost,
+                    request_deserializer=gradalign_dot_v1_dot_gradalign__pb2.EstimateCostRequest.FromString,
+                    response_serializer=gradalign_dot_v1_dot_gradalign__pb2.EstimateCostResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +256,60 @@ class GradAlign:
             '/gradalign.v1.GradAlign/StreamAlignments',
             gradalign_dot_v1_dot_gradalign__pb2.StreamAlignmentsRequest.SerializeToString,
             gradalign_dot_v1_dot_gradalign__pb2.StreamAlignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBuildTree(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gradalign.v1.GradAlign/WatchBuildTree',
+            gradalign_dot_v1_dot_gradalign__pb2.BuildTreeRequest.SerializeToString,
+            gradalign_dot_v1_dot_gradalign__pb2.BuildTreeEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateCost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradalign.v1.GradAlign/EstimateCost',
+            gradalign_dot_v1_dot_gradalign__pb2.EstimateCostRequest.SerializeToString,
+            gradalign_dot_v1_dot_gradalign__pb2.EstimateCostResponse.FromString,
             options,
             channel_credentials,
             insecure,
