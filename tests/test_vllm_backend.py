@@ -48,7 +48,6 @@ def vllm_spec(model_dir) -> ModelSpec:
     return ModelSpec(model=str(model_dir), backend="vllm", device="cpu", vllm_kv_cache_bytes=KV_BYTES)
 
 
-@dataclasses.dataclass(frozen=True)
 def tokens(n: int, step: int, start: int = 0) -> tuple[int, ...]:
     """n word tokens of the tiny vocabulary (ids 8..37), in a pattern set by ``step``."""
     return tuple((start + step * k) % 30 + 8 for k in range(n))

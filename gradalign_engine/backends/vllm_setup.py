@@ -259,7 +259,7 @@ def scoring_params(*, read_cache: bool):
 
 
 def completion_logits(scores, first_row: int, targets, vocab: int):
-    """[n, vocab] float32 logits of prompt rows ``first_row ..`` ``first_row + n - 1``; None where vLLM skipped them.
+    """[n, vocab] float32 logits of prompt rows ``first_row ..`` ``first_row + n - 1``; None unless vLLM computed all.
 
     ``scores`` is vLLM's LogprobsTensors for one prompt: row j scores prompt token j + 1; column 0
     holds that token, columns 1.. every vocabulary id (sorted by score) with its raw logit
@@ -273,13 +273,18 @@ def completion_logits(scores, first_row: int, targets, vocab: int):
         raise RuntimeError(
             f"vLLM returned prompt scores of shape {tuple(ids.shape)}; expected >= {first_row + n} rows of {vocab + 1}"
         )
-    ids, values = ids[first_row : first_row + n], values[first_row : first_row + n]
-    if not torch.equal(ids[:, 0].long(), targets):
-        return None  # rows left unwritten (their tokens came from the prefix cache)
+    ids, values = ids[first_row : first_row + n].long(), values[first_row : first_row + n]
+    # Rows whose tokens came from the prefix cache are left unwritten: whatever memory held. They show
+    # as a wrong target, ids outside the vocabulary, or entries no id reached (NaN after the scatter).
+    if not torch.equal(ids[:, 0], targets):
+        return None
+    columns = ids[:, 1:]
+    if bool(((columns < 0) | (columns >= vocab)).any()):
+        return None
     rows = torch.full((n, vocab), float("nan"), dtype=torch.float32)
-    rows.scatter_(1, ids[:, 1:].long(), values[:, 1:].float())
-    if torch.isnan(rows).any():
-        raise RuntimeError("vLLM's prompt scores do not cover the vocabulary (or are NaN)")
+    rows.scatter_(1, columns, values[:, 1:].float())
+    if bool(torch.isnan(rows).any()):
+        return None
     return rows
 
 

@@ -1,4 +1,4 @@
-"""``gradalign demo``: the whole product end to end on this machine, in a few minutes on a CPU.
+"""``gradalign demo``: the whole product end to end on this machine, about 2 minutes on a 2-core CPU.
 
 Starts a server in-process on a free port with SmolLM2-135M-Instruct (built-in name
 ``smollm2-135m``) and three self-distillation teachers (a correct demonstration, correct and wrong
