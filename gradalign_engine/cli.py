@@ -106,8 +106,17 @@ def _checked_inputs(args):
     return config, questions, teachers, methods
 
 
+def _quiet_libraries() -> None:
+    """--quiet: no loading bars from transformers either."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _analyze(args) -> int:
     config, questions, teachers, methods = _checked_inputs(args)
+    if args.quiet:
+        _quiet_libraries()
     keep_prefix_ids = config.analysis.include_prefix_ids
     config = _with_prefix_ids_for_html(config, args.html)
     from .aggregate import build_report
@@ -371,6 +380,8 @@ def _study(args, argv) -> int:
     from .study import load_study_config, run_study, survey
     from .study_markdown import study_markdown
 
+    if args.quiet:
+        _quiet_libraries()
     config_path = Path(args.config) if args.config else bundled_config_path("study_smollm2")
     study, config = load_study_config(config_path)
     keep_prefix_ids = config.analysis.include_prefix_ids

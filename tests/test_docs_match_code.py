@@ -92,3 +92,21 @@ def test_the_exit_code_table_in_the_readme_is_the_cli_s():
     assert table.keys() >= {"0", "1", "2", "3"}
     assert int("2") == cli.EXIT_USAGE == cli.EXIT_UNREACHABLE and int("3") == cli.EXIT_GATE and cli.EXIT_ERROR == 1
     assert "unknown" in table["2"] and "below" in table["3"]
+
+
+# A config error quoted in the docs, "`field=value: message` (from `[section] ...`)", is what loading
+# that value in that section prints.
+_CONFIG_ERROR = re.compile(r"`([a-z_]+)=([^:`]+): ([^`]+)` \(from `\[([a-z_]+)\]")
+
+
+def test_every_quoted_config_error_is_the_code_s():
+    pytest.importorskip("torch")
+    from gradalign_engine.config import run_config_from_dict
+    from gradalign_engine.errors import ConfigError
+
+    quoted = [(doc.name, m.groups()) for doc in DOCS for m in _CONFIG_ERROR.finditer(doc.read_text())]
+    assert quoted, "no config error quoted in the docs: the pattern no longer matches the README's example"
+    for where, (field, value, message, section) in quoted:
+        with pytest.raises(ConfigError) as err:
+            run_config_from_dict({section: {field: int(value) if value.lstrip("-").isdigit() else value}})
+        assert str(err.value) == f"{field}={value}: {message}", where
