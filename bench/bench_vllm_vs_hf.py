@@ -159,7 +159,7 @@ def run_side(args: argparse.Namespace) -> dict:
     engine = Engine(config, backends={"student": backend})
     try:
         # Warm-up (first-call allocations, vLLM's first schedule): not measured.
-        # The vLLM backend also loads its transformers scoring twin on its first score() call.
+        # A first score() call too: the vLLM engine scores, or with vllm_scoring="twin" loads its twin.
         warm = tuple(backend.tokenizer.encode("1 + 1 =")) or (1,)
         inner([BranchRequest(prefix=warm, n=2, max_new_tokens=4, seed=1)], temperature=1.0)
         backend.score([list(warm)], [list(warm)])

@@ -53,7 +53,12 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
 
     def progress(stage: str, done: int, total: int) -> None:
-        marks.append((f"{stage} {done}/{total}", time.perf_counter() - t0))
+        # One mark per stage, moved forward by its every event: a phase ends at its stage's last event.
+        now = time.perf_counter() - t0
+        if marks and marks[-1][0] == stage:
+            marks[-1] = (stage, now)
+        else:
+            marks.append((stage, now))
 
     profiler = cProfile.Profile()
     profiler.enable()
