@@ -1,7 +1,10 @@
 """Engine workers as Ray actors: ``gradalign serve --executor ray`` and ``gradalign analyze --executor ray``.
 
-Role. Each actor (:class:`EngineActor`) builds one :class:`~.pipeline.Engine` from the run config when
-it starts and keeps its models resident, on the GPU share it declared (``num_gpus``). The driver side:
+Role. Each actor (:class:`~.ray_actor.EngineActor`) builds one :class:`~.pipeline.Engine` from the run
+config when it starts and keeps its models resident, on the GPU share it declared (``num_gpus``).
+This module is the driver side, and the one import for the rest of gradalign (it re-exports the
+settings and errors of :mod:`.ray_config`, the actor of :mod:`.ray_actor` and :func:`map_in_order`
+of :mod:`.ray_sharding`):
 
 - :class:`RayWorker`, the handle on one actor, has the engine's heavy calls (``build_tree``,
   ``score_tree``, ``estimate``) with the engine's own signatures. It waits for them in short slices,
@@ -10,8 +13,8 @@ it starts and keeps its models resident, on the GPU share it declared (``num_gpu
 - :class:`RemoteEngine`, the engine as a front end without models sees it: the config, the models and
   the receipt fetched once at start, cache keys and question checks answered by a light call on any
   actor, and the workers.
-- :func:`map_in_order` shards items over the workers (``analyze``), retrying an item whose worker was
-  lost, and yields results in item order.
+- :func:`~.ray_sharding.map_in_order` shards items over the workers (``analyze``), retrying an item
+  whose worker was lost, and yields results in item order.
 
 Results travel as plain data (a tree as its ``to_dict()``, records as dataclasses) and errors as their
 gRPC code and message, so the driver never unpickles an actor's exception.
@@ -23,26 +26,33 @@ without Ray installed unless this executor is selected.
 
 from __future__ import annotations
 
-import argparse
-import collections
 import copy
 import itertools
-import math
-import os
-import queue
-import threading
 import time
-import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .backends.base import CancelToken
-from .errors import Cancelled, ConfigError, GradalignError, PreconditionError
+from .errors import Cancelled, GradalignError, PreconditionError
+from .ray_actor import EngineActor, RemoteCounters, SummedCounters, _Student
+from .ray_config import (
+    MAX_CONCURRENCY,
+    MAX_RETRIES,
+    POLL_S,
+    PROGRESS_S,
+    RayExecutorConfig,
+    RemoteEngineError,
+    WorkerLost,
+    _unwrap,
+    add_executor_arguments,
+    executor_from_args,
+)
+from .ray_sharding import map_in_order
 from .tree import RolloutTree
 
 __all__ = [
+    "MAX_RETRIES",
     "EngineActor",
     "RayExecutorConfig",
     "RayWorker",
@@ -53,299 +63,6 @@ __all__ = [
     "executor_from_args",
     "map_in_order",
 ]
-
-POLL_S = 0.1  # how often a waiting driver looks at its cancel token
-PROGRESS_S = 0.5  # how often it asks the actor how far the job got
-MAX_CONCURRENCY = 4  # actor threads: one heavy call, with light calls, progress and cancel served beside it
-MAX_RETRIES = 2  # attempts after the first when a worker is lost mid-item (map_in_order; the server's JobManager)
-_COUNTERS = ("generated_tokens", "forwarded_tokens", "scored_tokens", "forward_calls")
-_HEAVY = ("build_tree", "score_tree", "estimate")
-_LIGHT = ("tree_id", "records_key", "check_question")
-
-
-class WorkerLost(GradalignError):
-    """An engine worker died or stopped answering; the work it held was not finished (UNAVAILABLE)."""
-
-    code = "UNAVAILABLE"
-
-
-class RemoteEngineError(GradalignError):
-    """An error raised inside an actor, rebuilt on the driver with its gRPC code and message."""
-
-    def __init__(self, code: str, message: str, kind: str):
-        self.code = code
-        self.kind = kind  # the class name inside the actor
-        super().__init__(message)
-
-
-# ---------------------------------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class RayExecutorConfig:
-    """Where the engine workers run and what each one asks of the cluster.
-
-    ``address``: None starts a Ray instance on this host (or joins the one this process is already
-    connected to); ``"auto"``, ``"HOST:6379"`` join a running cluster from one of its nodes;
-    ``"ray://HOST:10001"`` connects through Ray Client from outside it.
-    """
-
-    address: str | None = None
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    start_timeout_s: float = 900.0  # loading the models of every worker (and waiting for resources)
-    call_timeout_s: float = 60.0  # a light call (cache key, question check) or fetching a result
-    init_options: Mapping[str, Any] = field(default_factory=dict)  # extra ray.init arguments (tests)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 1 <= self.workers <= 1024:
-            raise ConfigError("ray.workers", self.workers, "must be an integer in [1, 1024]")
-        for name in ("gpus_per_worker", "cpus_per_worker"):
-            _check_number(f"ray.{name}", getattr(self, name), low=0.0)
-        for name in ("start_timeout_s", "call_timeout_s"):
-            _check_number(f"ray.{name}", getattr(self, name), low=0.0, strict=True)
-        if self.address is not None and (not isinstance(self.address, str) or not self.address.strip()):
-            raise ConfigError("ray.address", self.address, "must be HOST:PORT, 'auto' or ray://HOST:PORT")
-
-
-def _check_number(name: str, value: Any, low: float, strict: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (strict and value == low):
-        raise ConfigError(name, value, f"must be a finite number {'>' if strict else '>='} {low:g}")
-
-
-def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--executor`` and the ``--ray-*`` flags, shared by ``gradalign serve`` and ``gradalign analyze``."""
-    parser.add_argument(
-        "--executor",
-        choices=["inprocess", "ray"],
-        default="inprocess",
-        help="where the models run: in this process (default) or in Ray actors (needs gradalign[ray])",
-    )
-    parser.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster to join (HEAD:6379 from a cluster node, ray://HEAD:10001 from outside; default: start one)",
-    )
-    parser.add_argument("--ray-workers", type=int, default=1, help="engine actors, each with its own models (1)")
-    parser.add_argument(
-        "--ray-gpus-per-worker", type=float, default=0.0, help="GPUs each actor declares (fractions share; 0)"
-    )
-    parser.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPUs each actor declares (1)")
-
-
-def executor_from_args(args: argparse.Namespace) -> RayExecutorConfig | None:
-    """The Ray executor the flags ask for, or None for in-process; ConfigError for ``--ray-*`` without it."""
-    if args.executor != "ray":
-        given = [
-            flag
-            for flag, value, default in (
-                ("--ray-address", args.ray_address, None),
-                ("--ray-workers", args.ray_workers, 1),
-                ("--ray-gpus-per-worker", args.ray_gpus_per_worker, 0.0),
-                ("--ray-cpus-per-worker", args.ray_cpus_per_worker, 1.0),
-            )
-            if value != default
-        ]
-        if given:
-            raise ConfigError(given[0], getattr(args, given[0][2:].replace("-", "_")), "needs --executor ray")
-        return None
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise ConfigError("--executor", "ray", "needs the ray extra: pip install 'gradalign[ray]'")
-    return RayExecutorConfig(
-        address=args.ray_address,
-        workers=args.ray_workers,
-        gpus_per_worker=args.ray_gpus_per_worker,
-        cpus_per_worker=args.ray_cpus_per_worker,
-    )
-
-
-# ---------------------------------------------------------------------------------------------- errors as data
-def pack_error(exc: BaseException) -> dict[str, str]:
-    """An exception as plain data: its class name, gRPC code and message (a bug keeps its traceback)."""
-    code = getattr(exc, "code", None)
-    message = str(exc)
-    if not isinstance(code, str) or not isinstance(exc, GradalignError):
-        code, message = "INTERNAL", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"kind": type(exc).__name__, "code": code, "message": message}
-
-
-def unpack_error(info: Mapping[str, str]) -> GradalignError:
-    if info["kind"] == "Cancelled":
-        return Cancelled(info["message"])
-    return RemoteEngineError(info["code"], info["message"], info["kind"])
-
-
-def _unwrap(reply: Mapping[str, Any]) -> Any:
-    if "error" in reply:
-        raise unpack_error(reply["error"])
-    return reply["ok"]
-
-
-# ---------------------------------------------------------------------------------------------- the actor
-class EngineActor:
-    """Runs inside a Ray actor: one Engine with its models resident.
-
-    One heavy call at a time (``heavy``: build, score, estimate; a lock keeps a call that arrives while
-    a cancelled one winds down from driving the models beside it); light calls (``light``,
-    ``progress``, ``cancel``, ``ping``) run on the actor's other threads meanwhile.
-    """
-
-    def __init__(self, config) -> None:
-        self._heavy_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._cancels: dict[str, CancelToken] = {}
-        self._progress: dict[str, dict[str, Any]] = {}
-        self._load_error: dict[str, str] | None = None
-        self.engine = None
-        started = time.monotonic()
-        try:
-            from .pipeline import Engine
-
-            self.engine = Engine(config)
-        except BaseException as exc:  # noqa: BLE001 - reported by ping() rather than as a dead actor
-            self._load_error = pack_error(exc)
-        self._load_seconds = time.monotonic() - started
-
-    def ping(self) -> dict[str, Any]:
-        """Who this actor is (pid, node, model hashes), or the error its models failed to load with."""
-        if self._load_error is not None:
-            return {"error": self._load_error}
-        models = [(m.name, m.model_hash) for m in self.engine.list_models()]
-        return {"ok": {"pid": os.getpid(), "node": _node_ip(), "models": models, "load_s": self._load_seconds}}
-
-    def static(self) -> dict[str, Any]:
-        """What never changes while the models are loaded: config, models, receipt."""
-        return self._answer(
-            lambda: {
-                "config": self.engine.config,
-                "models": self.engine.list_models(),
-                "receipt": self.engine.receipt(),
-            }
-        )
-
-    def light(self, method: str, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """A cheap engine query (cache keys, question checks): no sampling."""
-        if method not in _LIGHT:
-            return {"error": pack_error(ConfigError("method", method, f"not a light call; one of {_LIGHT}"))}
-        return self._answer(lambda: getattr(self.engine, method)(*args, **kwargs))
-
-    def status(self) -> dict[str, Any]:
-        """Whether a heavy call holds the models now, and the work counters (operators, tests)."""
-        return {"busy": self._heavy_lock.locked(), "pid": os.getpid(), "counters": self._counters()}
-
-    def progress(self, job_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            return copy.copy(self._progress.get(job_id))
-
-    def cancel(self, job_id: str, reason: str = "cancelled") -> None:
-        """Cancel a heavy call, running or not yet started (the engine stops at its next check)."""
-        with self._lock:
-            token = self._cancels.setdefault(job_id, CancelToken())
-        token.cancel(reason)
-
-    def heavy(self, job_id: str, method: str, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """Run one engine operation; the reply carries the result or error, the counters and the last progress."""
-        with self._lock:
-            cancel = self._cancels.setdefault(job_id, CancelToken())
-            self._progress[job_id] = {"event": None, "counters": self._counters()}
-        try:
-            with self._heavy_lock:
-                reply = self._answer(lambda: self._run(method, args, kwargs, cancel, self._reporter(job_id)))
-        finally:
-            with self._lock:
-                self._cancels.pop(job_id, None)
-                last = self._progress.pop(job_id, {})
-        return {**reply, "counters": self._counters(), "event": last.get("event")}
-
-    # the actor's own helpers
-    def _run(self, method, args, kwargs, cancel: CancelToken, progress):
-        cancel.raise_if_cancelled()  # cancelled while it waited for the lock
-        if method == "build_tree":
-            return self.engine.build_tree(*args, cancel=cancel, progress=progress, **kwargs).to_dict()
-        if method == "score_tree":
-            tree, *rest = args
-            return self.engine.score_tree(
-                RolloutTree.from_dict(tree), *rest, cancel=cancel, progress=progress, **kwargs
-            )
-        if method == "estimate":
-            return self.engine.estimate(*args, **kwargs)
-        raise ConfigError("method", method, f"not a heavy call; one of {_HEAVY}")
-
-    def _reporter(self, job_id: str) -> Callable[[str, int, int], None]:
-        def report(stage: str, done: int, total: int) -> None:
-            with self._lock:
-                self._progress[job_id] = {"event": (stage, done, total), "counters": self._counters()}
-
-        return report
-
-    def _counters(self) -> dict[str, int]:
-        return self.engine.student.counters.snapshot() if self.engine is not None else {}
-
-    def _answer(self, fn: Callable[[], Any]) -> dict[str, Any]:
-        if self._load_error is not None:
-            return {"error": self._load_error}
-        try:
-            return {"ok": fn()}
-        except BaseException as exc:  # noqa: BLE001 - travels to the driver as data
-            return {"error": pack_error(exc)}
-
-
-def _node_ip() -> str:
-    try:
-        import ray
-
-        return ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001 - informational only
-        return "?"
-
-
-# ---------------------------------------------------------------------------------------------- counters
-class RemoteCounters:
-    """A worker's work counters as its actor last reported them, summed over the actors it has had.
-
-    The server reads ``engine.student.counters`` to put tokens in progress events; a replacement
-    actor starts from zero, so what earlier actors counted is kept.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._retired = dict.fromkeys(_COUNTERS, 0)
-        self._last = dict.fromkeys(_COUNTERS, 0)
-
-    def update(self, snapshot: Mapping[str, int] | None) -> None:
-        if snapshot:
-            with self._lock:
-                self._last = {k: int(snapshot.get(k, 0)) for k in _COUNTERS}
-
-    def retire(self) -> None:
-        """The actor is gone: keep its counts, start the next one from zero."""
-        with self._lock:
-            self._retired = {k: self._retired[k] + self._last[k] for k in _COUNTERS}
-            self._last = dict.fromkeys(_COUNTERS, 0)
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {k: self._retired[k] + self._last[k] for k in _COUNTERS}
-
-
-class SummedCounters:
-    """The counters of several workers, added up (``RemoteEngine.student.counters``)."""
-
-    def __init__(self, parts: Sequence[RemoteCounters]):
-        self._parts = list(parts)
-
-    def snapshot(self) -> dict[str, int]:
-        snaps = [p.snapshot() for p in self._parts]
-        return {k: sum(s[k] for s in snaps) for k in _COUNTERS}
-
-
-@dataclass
-class _Student:
-    """What a worker handle offers where an Engine has ``student``: only the counters."""
-
-    counters: Any
 
 
 # ---------------------------------------------------------------------------------------------- one worker
@@ -655,96 +372,3 @@ def _available() -> str:
         return f"{free.get('CPU', 0):g} CPU and {free.get('GPU', 0):g} GPU"
     except Exception:  # noqa: BLE001 - informational only
         return "an unknown amount"
-
-
-# ---------------------------------------------------------------------------------------------- sharding
-def map_in_order(
-    workers: Sequence[Any],
-    items: Sequence[Any],
-    fn: Callable[[Any, Any, CancelToken, Callable[..., None]], Any],
-    *,
-    on_progress: Callable[[int, tuple], None] | None = None,
-    on_retry: Callable[[int, int, BaseException], None] | None = None,
-    max_retries: int = MAX_RETRIES,
-) -> Iterator[tuple[int, Any]]:
-    """Run ``fn(worker, item, cancel, report)`` for every item on the workers; yield (index, result) in order.
-
-    Each worker takes the next item when it is free. An item whose worker is lost (WorkerLost) goes
-    back to the front of the line for another worker, at most ``max_retries`` times, while the lost
-    worker is replaced (``worker.recover()``). ``report(*event)`` from a worker reaches
-    ``on_progress(index, event)`` on the calling thread, which also receives the results: callbacks
-    never run concurrently. The first other error stops the rest and is raised.
-    """
-    pending = collections.deque(range(len(items)))
-    attempts: collections.Counter[int] = collections.Counter()
-    lock, out, stop = threading.Lock(), queue.Queue(), CancelToken()
-
-    def take() -> int | None:
-        with lock:
-            return pending.popleft() if pending else None
-
-    def lost(index: int, exc: WorkerLost) -> None:
-        with lock:
-            attempts[index] += 1
-            retry = attempts[index] <= max_retries
-            if retry:
-                pending.appendleft(index)
-        out.put(
-            ("retry", index, (attempts[index], exc))
-            if retry
-            else ("error", index, _lost_for_good(exc, attempts[index]))
-        )
-
-    def loop(worker) -> None:
-        while not stop.cancelled and (index := take()) is not None:
-            try:
-                result = fn(worker, items[index], stop, lambda *event, i=index: out.put(("progress", i, event)))
-            except WorkerLost as exc:
-                lost(index, exc)
-                try:
-                    worker.recover(lambda: stop.cancelled)
-                except BaseException:  # noqa: BLE001 - this worker is gone; the others carry on
-                    return
-                continue
-            except BaseException as exc:  # noqa: BLE001 - raised on the calling thread
-                out.put(("error", index, exc))
-                return
-            out.put(("done", index, result))
-
-    threads = [
-        threading.Thread(target=loop, args=(w,), name=f"gradalign-shard-{i}", daemon=True)
-        for i, w in enumerate(workers)
-    ]
-    for thread in threads:
-        thread.start()
-    done: dict[int, Any] = {}
-    try:
-        for index in range(len(items)):
-            while index not in done:
-                kind, i, value = _next_message(out, threads)
-                if kind == "error":
-                    raise value
-                if kind == "progress" and on_progress is not None:
-                    on_progress(i, value)
-                if kind == "retry" and on_retry is not None:
-                    on_retry(i, *value)
-                if kind == "done":
-                    done[i] = value
-            yield index, done.pop(index)
-    finally:
-        stop.cancel("stopped")
-        for thread in threads:
-            thread.join(timeout=1.0)
-
-
-def _next_message(out: queue.Queue, threads: Sequence[threading.Thread]) -> tuple:
-    while True:
-        try:
-            return out.get(timeout=0.5)
-        except queue.Empty:
-            if not any(t.is_alive() for t in threads) and out.empty():
-                raise WorkerLost("every engine worker was lost") from None
-
-
-def _lost_for_good(exc: WorkerLost, times: int) -> WorkerLost:
-    return WorkerLost(f"the engine worker was lost {times} times on the same item; last: {exc}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gradalign_client import training_weights as tw
+from gradalign_client import weights_files
 from gradalign_client.training_weights import COLUMNS, WeightOptions, WeightsError, derive_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,7 +188,7 @@ def _check_types(rows):
             if value is None:
                 assert nullable, name
             else:
-                assert type(value) is tw._PY_TYPES[kind], (name, value)
+                assert type(value) is weights_files._PY_TYPES[kind], (name, value)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])

@@ -334,6 +334,20 @@ def _grpc_server(
     return grpc_server, health_servicer
 
 
+def _start(server: GradalignServer, service, log_fields: dict, metrics_port: int | None, metrics_host: str) -> None:
+    """Start serving (NOT_SERVING until the engine is ready), log it, then open /metrics if asked."""
+    server._set_serving(False)
+    server.grpc_server.start()
+    log.info("grpc_listening", address=server.address, port=server.port, **log_fields)
+    if metrics_port is not None:
+        try:
+            server.serve_metrics(metrics_port, metrics_host)
+        except OSError:
+            server.grpc_server.stop(0)
+            service.store.close()
+            raise
+
+
 def create_server(
     engine_or_config: Any,
     address: str = "127.0.0.1:0",
@@ -351,7 +365,7 @@ def create_server(
     expose_paths: bool = False,
     executor: Any = None,
 ) -> tuple[GradalignServer, int]:
-    """Build, bind and start a gradalign server.
+    """Build, bind and start a gradalign server; returns it and the bound port.
 
     Parameters
     ----------
@@ -388,11 +402,6 @@ def create_server(
     executor : RayExecutorConfig, optional
         Run the models in Ray actors (``gradalign_engine.ray_executor``), one engine worker each;
         ``engine_or_config`` must then be a RunConfig or a TOML path. None: in this process.
-
-    Returns
-    -------
-    (GradalignServer, int)
-        The started server and the bound port.
     """
     engine, factory = _engine_factory(engine_or_config, executor)
     service = _service(db_path, max_queue, limits or ServiceLimits())
@@ -409,25 +418,9 @@ def create_server(
         owns_engine=close_engine if close_engine is not None else engine is None,
         expose_paths=expose_paths,
     )
-    server._set_serving(False)
-    grpc_server.start()
-    log.info(
-        "grpc_listening",
-        address=address,
-        port=port,
-        db=str(db_path),
-        auth=bool(token),
-        tls="mutual" if tls and tls.client_ca else bool(tls),
-        max_queue=max_queue,
-        executor="ray" if executor is not None else "inprocess",
-    )
-    if metrics_port is not None:
-        try:
-            server.serve_metrics(metrics_port, metrics_addr or host_of(address))
-        except OSError:
-            grpc_server.stop(0)
-            service.store.close()
-            raise
+    log_fields = dict(db=str(db_path), auth=bool(token), tls="mutual" if tls and tls.client_ca else bool(tls))
+    log_fields.update(max_queue=max_queue, executor="ray" if executor is not None else "inprocess")
+    _start(server, service, log_fields, metrics_port, metrics_addr or host_of(address))
     if engine is not None:
         server._ready(engine)
         server._loaded.set()
