@@ -235,3 +235,31 @@ def test_analyze_html_shows_prefixes_while_its_jsonl_stays_as_configured(tiny_mo
     vocab = data_from_html(page.read_text())["vocab"]
     assert prefixes <= {int(k) for k in vocab} and all(isinstance(v, str) for v in vocab.values())
     assert "<title>gradalign analyze: d.jsonl</title>" in page.read_text()
+
+
+def test_study_command_writes_its_files_and_report_on_a_tiny_model(tiny_model_dir, tmp_path):
+    from gradalign_engine.cli_study import study_main
+
+    dataset = tmp_path / "d.jsonl"
+    dataset.write_text(json.dumps(QUESTION) + "\n" + json.dumps(QUESTION_2) + "\n")
+    config = tmp_path / "study.toml"
+    config.write_text(
+        f'[student]\nmodel = "{tiny_model_dir}"\ndevice = "cpu"\n[sampling]\nmax_new_tokens = 8\n'
+        "[rollouts]\nnum_rollouts = 3\nnodes_per_window = 1\nnodes_per_path = 2\ncandidate_top_k = 1\n"
+        "continuations = 2\n[analysis]\nbootstrap_samples = 20\nmethods = ['forward_kl']\n"
+        '[[teachers]]\nname = "demo"\ncontext = "correct_demo"\n'
+        '[study]\ncontext_samples = 1\n[[study.tasks]]\nname = "toy"\ndataset = "d.jsonl"\nquestions = 2\n'
+    )
+    out, page = tmp_path / "out", tmp_path / "out" / "r.html"
+    argv = ["--config", str(config), "--out", str(out), "--quiet"]
+    assert study_main([*argv, "--dry-run"]) == 0 and not (out / "study.json").exists()
+    assert study_main([*argv, "--html", str(page)]) == 0
+    result = json.loads((out / "study.json").read_text())
+    assert [t["name"] for t in result["tasks"]] == ["toy"] and result["cost"]["spent"]["generated_tokens"] > 0
+    assert "# gradalign study" in (out / "study.md").read_text()
+    receipt, *kept = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert kept and all(r["prefix_token_ids"] is None for r in kept)
+    assert receipt["receipt"]["config"]["analysis"]["include_prefix_ids"] is False
+    shown = records_from_html(page.read_text())
+    assert [dict(r, prefix_token_ids=None) for r in shown] == kept
+    assert "<title>gradalign study: study</title>" in page.read_text()

@@ -54,7 +54,7 @@ _DELEGATED = {
     # command: (module, function, extra, what it needs)
     "serve": ("gradalign_server", "main", "server", "the gRPC server"),
     "analyze": ("gradalign_engine.cli", "analyze_main", "engine", "the in-process engine"),
-    "study": ("gradalign_engine.cli", "study_main", "engine", "the paper's study on a real model"),
+    "study": ("gradalign_engine.cli_study", "study_main", "engine", "the paper's study on a real model"),
     "demo": ("gradalign_server.demo", "main", "server", "the demo (it runs a server in-process)"),
     "export": ("gradalign_server.export", "main", "server", "the export of a server's stored records"),
     "report": ("gradalign_client.html_report", "main", "client", "the HTML report of a run"),
