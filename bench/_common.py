@@ -58,3 +58,43 @@ def tiny_model_dir() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix="gradalign-bench-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     return make_tiny_model_dir(tmp / "tiny")
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that a timer measures it."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def matmul_flops(dtype: str, n: int, seconds: float, device: str = "cpu", repeats: int = 1) -> float:
+    """The hardware ceiling: the best FLOP/s of ``repeats`` n x n matmuls in ``dtype``, timed again and again.
+
+    One timing per matmul on the CPU (bench_buildtree), a batch of them on a GPU, where one launch
+    is too short to time (gpu_check).
+    """
+    import time
+
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync(device)
+        best = max(best, repeats * 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every model bench shares: --model, --tiny, --kv-gib, --dtype, --seed."""
+    parser.add_argument("--model", default="smollm2-135m", help="model name or directory (default smollm2-135m)")
+    parser.add_argument("--tiny", action="store_true", help="use the tiny random test model instead")
+    parser.add_argument("--kv-gib", type=float, default=1.0, help="vLLM KV cache in GiB (default 1)")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ import sys
 import time
 
 import torch
-from _common import parse_args, result_path, tiny_model_dir, write_result
+from _common import matmul_flops, parse_args, result_path, tiny_model_dir, write_result
 
 from gradalign_engine.config import ModelSpec, PromptConfig, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec
 from gradalign_engine.data import bundled_dataset_path, load_questions
@@ -149,18 +149,6 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
-def matmul_gflops(dtype: str, n: int = 1024, seconds: float = 2.0) -> float:
-    """The best GFLOP/s of n x n matmuls in ``dtype`` on this CPU's torch threads (the ceiling)."""
-    a = torch.randn(n, n, dtype=getattr(torch, dtype))
-    b = torch.randn(n, n, dtype=getattr(torch, dtype))
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
 def raw_sweep(backend, prompt, batches, args, temperature) -> dict:
     return {str(b): raw_generate_tps(backend, prompt, b, args.max_new_tokens, temperature, repeats=1) for b in batches}
 
@@ -173,7 +161,7 @@ def main(argv=None) -> int:
     backend = engine.student
     questions = load_questions(bundled_dataset_path("demo"), limit=args.questions)
     prompt0 = render_prompt(backend.tokenizer, questions[0], config.prompt)
-    ceiling = matmul_gflops(args.dtype, 256 if args.smoke else 1024, 0.5 if args.smoke else 2.0)
+    ceiling = matmul_flops(args.dtype, 256 if args.smoke else 1024, 0.5 if args.smoke else 2.0) / 1e9
     flops_per_token = 2 * sum(p.numel() for p in backend.model.parameters())
 
     batches = [int(b) for b in args.batches.split(",")]

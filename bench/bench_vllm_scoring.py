@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, parse_args, tiny_model_dir, write_result
+from _common import ROOT, add_model_arguments, parse_args, tiny_model_dir, write_result
 
 NAME = "vllm_scoring"
 SIDES = ("twin", "vllm")
@@ -47,15 +47,11 @@ SMOKE = {"tiny": True, "completions": 4, "completion_tokens": 8, "prompt_tokens"
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2-135m", help="model name or directory (default smollm2-135m)")
-    p.add_argument("--tiny", action="store_true", help="use the tiny random test model instead")
+    add_model_arguments(p)  # --model, --tiny, --kv-gib, --dtype, --seed
     p.add_argument("--completions", type=int, default=32, help="completions scored (default 32)")
     p.add_argument("--completion-tokens", type=int, default=48, help="tokens per completion (default 48)")
     p.add_argument("--prompt-tokens", type=int, default=60, help="tokens of the shared prompt (default 60)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--kv-gib", type=float, default=1.0, help="vLLM KV cache in GiB (default 1)")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="result file (default bench/results/vllm_scoring.json)")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side
     p.add_argument("--model-dir", help=argparse.SUPPRESS)

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, parse_args, tiny_model_dir, write_result
+from _common import ROOT, add_model_arguments, parse_args, tiny_model_dir, write_result
 
 NAME = "vllm_vs_hf"
 SMOKE = {"tiny": True, "repeats": 1, "rollouts": 4, "continuations": 2, "max_continuations": 8, "max_new_tokens": 12}
@@ -53,17 +53,13 @@ SIDE_OPTIONS = (
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2-135m", help="model name or directory (default smollm2-135m)")
-    p.add_argument("--tiny", action="store_true", help="use the tiny random test model instead")
+    add_model_arguments(p)  # --model, --tiny, --kv-gib, --dtype, --seed
     p.add_argument("--questions", type=int, default=1, help="demo questions (default 1)")
     p.add_argument("--rollouts", type=int, default=8, help="base rollouts per question (default 8)")
     p.add_argument("--continuations", type=int, default=4, help="continuations per candidate (default 4)")
     p.add_argument("--max-continuations", type=int, default=32, help="continuation budget per question (default 32)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="completion length limit (default 48)")
     p.add_argument("--threads", type=int, help="OMP/torch threads of each side (default: torch's default)")
-    p.add_argument("--kv-gib", type=float, default=1.0, help="vLLM KV cache in GiB (default 1)")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--repeats",
         type=int,

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import result_path, write_result
+from _common import matmul_flops, result_path, sync, write_result
 
 NAME = "gpu_check"
 QWEN3_1_7B = dict(
@@ -115,27 +115,8 @@ def model_dir(path: Path, shape: dict, vocab_size: int, dtype: str, seed: int, d
 
 
 def matmul_peak(device: str, dtype: str, n: int, seconds: float = 3.0) -> dict:
-    """TFLOP/s of n x n matmuls in ``dtype`` on ``device`` (best of repeated timed batches)."""
-    import torch
-
-    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
-    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(8):
-            a @ b
-        _sync(device)
-        best = max(best, 8 * 2 * n**3 / (time.perf_counter() - t0))
-    return {"dtype": dtype, "n": n, "tflops": best / 1e12}
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    """TFLOP/s of n x n matmuls in ``dtype`` on ``device`` (best of repeated timed batches of 8)."""
+    return {"dtype": dtype, "n": n, "tflops": matmul_flops(dtype, n, seconds, device=device, repeats=8) / 1e12}
 
 
 def question():
@@ -210,10 +191,10 @@ def scoring_throughput(teacher: Path, args, peak_tflops: float) -> dict:
     contexts = [[3 + (i * 7 + k) % 1000 for k in range(64)] for i in range(args.score_rows)]
     completions = [[10 + (i * 13 + k) % 1000 for k in range(args.score_tokens)] for i in range(args.score_rows)]
     backend.score(contexts[:1], completions[:1])  # warm-up
-    _sync(args.device)
+    sync(args.device)
     t0 = time.perf_counter()
     backend.score(contexts, completions)
-    _sync(args.device)
+    sync(args.device)
     seconds = time.perf_counter() - t0
     tokens = sum(len(c) + len(y) for c, y in zip(contexts, completions))
     achieved = 2 * params * tokens / seconds / 1e12

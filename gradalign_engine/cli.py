@@ -156,16 +156,8 @@ def _analyze(args) -> int:
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
     Path(args.summary).write_text(json.dumps(json_safe(summary), indent=2))
     if args.html:
-        from gradalign_client.html_report import write_html
-
-        title = f"gradalign analyze: {Path(args.dataset).name}"
-        write_html(
-            args.html,
-            [r.to_dict() for r in records],
-            json_safe(summary),
-            title=title,
-            token_texts=_token_texts(config, records),
-        )
+        tokenizer = getattr(engine.student, "tokenizer", None)  # none on a Ray driver: loaded from the files
+        write_report(args.html, records, summary, f"gradalign analyze: {Path(args.dataset).name}", config, tokenizer)
     say(format_ranking(report))
     say(compare(expected, spent["generated_tokens"], spent["seconds"]))
     say(
@@ -244,15 +236,25 @@ def _jsonl_record(record, keep_prefix_ids: bool) -> dict:
     return row
 
 
-def _token_texts(config, records) -> dict[int, str] | None:
-    """Token id -> text for the prefix tokens in ``records`` (the report's node context), from the student's tokenizer.
+def write_report(path, records, summary: dict, title: str, config, tokenizer=None) -> None:
+    """The HTML report of ``records`` (gradalign report), their prefixes decoded by the student's tokenizer."""
+    from gradalign_client.html_report import write_html
 
-    None when the tokenizer cannot be loaded here (a Ray driver without the model files): the report
-    then shows the nodes without their prefix text.
+    texts = _token_texts(config, records, tokenizer)
+    write_html(path, [r.to_dict() for r in records], json_safe(summary), title=title, token_texts=texts)
+
+
+def _token_texts(config, records, tokenizer=None) -> dict[int, str] | None:
+    """Token id -> text for the prefix tokens in ``records`` (the report's node context).
+
+    ``tokenizer``: the loaded student's; else it is loaded from the student's files. None when that
+    fails too (a Ray driver without the model files): the report then shows no prefix text.
     """
     ids = sorted({t for r in records for t in (r.prefix_token_ids or ())})
     if not ids:
         return None
+    if tokenizer is not None:
+        return {t: tokenizer.decode([t]) for t in ids}
     try:
         from transformers import AutoTokenizer
 

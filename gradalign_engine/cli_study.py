@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gradalign_client.canonical import json_safe
 
-from .cli import _as_written, _jsonl_record, _quiet_libraries, _token_texts, _with_prefix_ids_for_html, write_records
+from .cli import _as_written, _jsonl_record, _quiet_libraries, _with_prefix_ids_for_html, write_records, write_report
 
 __all__ = ["build_study_parser", "study_main"]
 
@@ -113,16 +113,7 @@ def _study(args, argv) -> int:
     (out / "study.json").write_text(json.dumps(json_safe(result), indent=2))
     (out / "study.md").write_text(study_markdown(json.loads(json.dumps(json_safe(result))), command))
     if args.html:
-        from gradalign_client.html_report import write_html
-
-        title = f"gradalign study: {config_path.stem}"
-        write_html(
-            args.html,
-            [r.to_dict() for r in records],
-            json_safe(result),
-            title=title,
-            token_texts=_token_texts(config, records),
-        )
+        write_report(args.html, records, result, f"gradalign study: {config_path.stem}", config)
     cost = result["cost"]
     if cost["estimate"]:
         from .cost import CostEstimate, compare

@@ -44,7 +44,7 @@ process-global distributed state, so an engine closed while others live is parke
 with the last one. The KV cache is ``ModelSpec.vllm_kv_cache_bytes`` per GPU
 (``kv_cache_memory_bytes``), never a fraction of device memory, and ``max_model_len`` is capped to
 what that cache holds. A model too large for one GPU is split over ``vllm_tensor_parallel_size``
-GPUs (:func:`~.vllm_setup.tensor_parallel_size`). On the CPU, chunked
+GPUs (``vllm_tensor_parallel_size``). On the CPU, chunked
 prefill is off: vLLM 0.32's CPU runner fails on a seeded request whose prompt is split across
 steps. ``close()`` shuts the engine down explicitly (an engine left running at interpreter exit may
 abort the process); an ``atexit`` hook closes forgotten ones.
@@ -76,7 +76,6 @@ from .vllm_setup import (
     eos_ids,
     fitting_model_len,
     llm_kwargs,
-    tensor_parallel_size,
 )
 
 __all__ = ["VLLMBackend", "branch_seed"]
@@ -360,7 +359,7 @@ def _scoring_mode(spec: ModelSpec, scoring: str | None) -> str:
     mode = scoring if scoring is not None else spec.vllm_scoring
     if mode not in SCORING_MODES:
         raise ConfigError("vllm_scoring", mode, f"must be one of {', '.join(SCORING_MODES)}")
-    if mode == "twin" and tensor_parallel_size(spec) > 1:
+    if mode == "twin" and spec.vllm_tensor_parallel_size > 1:
         raise ConfigError(
             "vllm_scoring",
             mode,

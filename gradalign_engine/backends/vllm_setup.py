@@ -31,7 +31,6 @@ __all__ = [
     "llm_kwargs",
     "preserved_rng",
     "scoring_params",
-    "tensor_parallel_size",
     "EngineRegistry",
     "PromptScoreCapture",
 ]
@@ -97,14 +96,6 @@ def check_device(requested: str, platform_device: str) -> str:
     return platform_device
 
 
-def tensor_parallel_size(spec: ModelSpec) -> int:
-    """GPUs one model is split over: ``spec.vllm_tensor_parallel_size`` (checked again: specs can be built by hand)."""
-    size = spec.vllm_tensor_parallel_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError("vllm_tensor_parallel_size", size, "must be a positive integer")
-    return size
-
-
 def _kv_bytes_per_token(text_config, dtype: str, tp: int = 1) -> int | None:
     """KV-cache bytes one token takes on one GPU (vLLM splits the KV heads over the tensor-parallel ranks)."""
     layers = getattr(text_config, "num_hidden_layers", None)
@@ -125,7 +116,7 @@ def fitting_model_len(text_config, spec: ModelSpec) -> int | None:
     parallelism the same bytes hold more tokens.
     """
     native = getattr(text_config, "max_position_embeddings", None)
-    per_token = _kv_bytes_per_token(text_config, spec.dtype, tensor_parallel_size(spec))
+    per_token = _kv_bytes_per_token(text_config, spec.dtype, spec.vllm_tensor_parallel_size)
     if not (native and per_token):
         return None
     fits = (spec.vllm_kv_cache_bytes // per_token) // 16 * 16  # whole 16-token blocks
@@ -156,7 +147,7 @@ def llm_kwargs(spec: ModelSpec, device: str, max_model_len: int | None) -> dict:
         # log-softmax itself, as the HF backend does. Nothing here asks for sampled-token logprobs,
         # the only other thing this mode changes.
         logprobs_mode="raw_logits",
-        tensor_parallel_size=tensor_parallel_size(spec),
+        tensor_parallel_size=spec.vllm_tensor_parallel_size,
     )
     if device == "cpu":
         # vLLM's CPU runner cannot rewind a seeded request's generator when a chunked prefill
