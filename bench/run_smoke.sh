@@ -11,7 +11,7 @@ cd "$ROOT"
 PYTHON="${PYTHON:-.venv/bin/python}"
 
 start=$SECONDS
-for bench in bench_buildtree profile_buildtree bench_exact_toy bound_exact_toy bench_vllm_vs_hf bench_vllm_scoring bench_html_report; do
+for bench in bench_buildtree time_buildtree profile_buildtree bench_exact_toy bound_exact_toy bench_vllm_vs_hf bench_vllm_scoring bench_html_report; do
     cmd=("$PYTHON" "bench/$bench.py" --smoke)
     echo "+ ${cmd[*]}"
     t0=$SECONDS

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import BranchRequest, CancelToken
+from .hf_cache import as_slabs, move_rows, place_rows
 
-__all__ = ["RetainedStore", "ChunkDecoder", "sample_rows", "select_cache"]
+__all__ = ["RetainedStore", "ChunkDecoder", "sample_rows", "inverse_cdf"]
 
 
 class RetainedStore:
@@ -69,13 +70,6 @@ class RetainedStore:
         self._bytes = 0
 
 
-def select_cache(cache, select: torch.Tensor) -> None:
-    """Gather cache rows in place (rows may repeat when a physical row splits)."""
-    for layer in cache.layers:
-        layer.keys = layer.keys.index_select(0, select)
-        layer.values = layer.values.index_select(0, select)
-
-
 def sample_rows(
     logits: torch.Tensor,
     phys: list[int],
@@ -107,10 +101,31 @@ def sample_rows(
         by_req.setdefault(ri, []).append(b)
     for ri, rows in by_req.items():
         uniforms[torch.tensor(rows)] = torch.rand(len(rows), generator=gens[ri], dtype=torch.float64)
-    cdf = probs.double().cumsum(-1)
-    targets = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-    drawn = torch.searchsorted(cdf, targets, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-    return drawn.tolist()
+    return inverse_cdf(probs, uniforms.to(probs.device)).tolist()
+
+
+# The vocabulary is searched in blocks of this many tokens: block masses first, then one block's CDF.
+CDF_BLOCK = 256
+
+
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Per row, the first token whose float64 CDF exceeds ``uniform x total mass`` (zero-mass tokens never).
+
+    Two levels instead of one cumulative sum over the whole vocabulary (rows x 49k float64 adds per
+    step): a cumulative sum over block masses picks the block, one block's cumulative sum the token.
+    """
+    rows, vocab = probs.shape
+    blocks = torch.nn.functional.pad(probs, (0, (-vocab) % CDF_BLOCK)).view(rows, -1, CDF_BLOCK)
+    block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)
+    targets = uniforms * block_cdf[:, -1]
+    block = torch.searchsorted(block_cdf, targets[:, None], right=True).squeeze(-1).clamp(max=block_cdf.shape[1] - 1)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)[:, None]).squeeze(-1), 0.0)
+    chosen = blocks[torch.arange(rows, device=probs.device), block]
+    within = torch.searchsorted(chosen.double().cumsum(-1), (targets - before)[:, None], right=True).squeeze(-1)
+    # Rounding can put the target just past the block's own cumulative sum: take its last token with mass.
+    last_with_mass = CDF_BLOCK - 1 - (chosen > 0).flip(-1).int().argmax(-1)
+    within = torch.minimum(within, last_with_mass)
+    return block * CDF_BLOCK + within
 
 
 @dataclass
@@ -118,6 +133,7 @@ class _Rows:
     """The logical rows of a chunk: which request and branch each serves, and what it has written."""
 
     request: list[int] = field(default_factory=list)
+    forced: list[int | None] = field(default_factory=list)  # the branch's forced first token, if any
     pending: list[int | None] = field(default_factory=list)  # the forced token still to append
     limit: list[int] = field(default_factory=list)
     phys: list[int] = field(default_factory=list)
@@ -163,8 +179,8 @@ class ChunkDecoder:
                 break
             parents, step_tokens = self._regroup(rows, active, choice)
             if parents != list(range(mask.shape[0])):
+                move_rows(cache, parents, self.device)
                 sel = torch.tensor(parents, device=self.device)
-                select_cache(cache, sel)
                 mask, next_pos = mask.index_select(0, sel), next_pos.index_select(0, sel)
             mask = torch.cat([mask, torch.ones((len(parents), 1), dtype=mask.dtype, device=self.device)], dim=1)
             ids = torch.tensor(step_tokens, dtype=torch.long, device=self.device)[:, None]
@@ -182,6 +198,7 @@ class ChunkDecoder:
             for forced in req.branches:
                 for _ in range(req.n):
                     rows.request.append(ri)
+                    rows.forced.append(forced)
                     rows.pending.append(forced)
                     rows.limit.append(req.max_new_tokens)
                     rows.phys.append(row_of[tuple(req.prefix)])
@@ -220,28 +237,33 @@ class ChunkDecoder:
             return False
         if self.retained is not None:
             # Keep the finished sequence's KV (all but its last token) and its per-token hidden states.
-            phys, prefix = rows.phys[r], requests[rows.request[r]].prefix
+            phys, prefix = rows.phys[r], tuple(requests[rows.request[r]].prefix)
+            if rows.forced[r] is not None:  # the sequence runs through the forced token
+                prefix += (rows.forced[r],)
             valid = mask[phys].bool()
             kv = [
                 (layer.keys[phys][:, valid, :].clone(), layer.values[phys][:, valid, :].clone())
                 for layer in cache.layers
             ]
             hiddens = torch.stack(rows.hiddens[r]) if rows.hiddens[r] else None
-            self.retained.add(tuple(prefix) + tuple(generated), len(prefix), kv, hiddens)
+            self.retained.add(prefix + tuple(generated), len(prefix), kv, hiddens)
         return True
 
     @staticmethod
     def _regroup(rows: _Rows, active: list[int], choice: dict[int, int]) -> tuple[list[int], list[int]]:
-        """New physical rows: one per distinct (parent row, next token)."""
-        new_index: dict[tuple[int, int], int] = {}
-        parents, step_tokens = [], []
+        """New physical rows, one per distinct (parent row, next token), placed so that most stay put.
+
+        Returns, per new physical row, the old row it continues and the token it forwards next.
+        """
+        group_of: dict[tuple[int, int], int] = {}
         for r in active:
-            key = (rows.phys[r], choice[r])
-            if key not in new_index:
-                new_index[key] = len(parents)
-                parents.append(rows.phys[r])
-                step_tokens.append(choice[r])
-            rows.phys[r] = new_index[key]
+            group_of.setdefault((rows.phys[r], choice[r]), len(group_of))
+        slots = place_rows([parent for parent, _ in group_of])
+        parents, step_tokens = [0] * len(slots), [0] * len(slots)
+        for (parent, token), group in group_of.items():
+            parents[slots[group]], step_tokens[slots[group]] = parent, token
+        for r in active:
+            rows.phys[r] = slots[group_of[(rows.phys[r], choice[r])]]
         return parents, step_tokens
 
 
@@ -273,6 +295,7 @@ def chunk_start(prefixes: list[tuple[int, ...]], states: list, head, model_confi
         keys.append(kb)
         values.append(vb)
     cache = DynamicCache(ddp_cache_data=list(zip(keys, values)), config=model_config)
+    as_slabs(cache)
     mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=device)
     for i, p in enumerate(prefixes):
         mask[i, width - len(p) :] = 1
