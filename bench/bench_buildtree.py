@@ -1,20 +1,24 @@
-"""BuildTree throughput and prefix sharing, measured side by side with raw batched `generate` and the ceiling.
+"""BuildTree throughput and prefix sharing, measured side by side with raw batched `generate` and the ceilings.
 
 Reports, as JSON (bench/results/buildtree.json):
-- ceiling: the matmul peak of this CPU in the run's dtype (GFLOP/s of square matmuls, measured here
-  before and after the workload, the higher kept), and the model's FLOPs per token (2 x parameters),
-  so every throughput is also a fraction of it;
-- raw: HF `model.generate` (sampling, copies of one prompt, same max_new_tokens) generated tokens per
-  second at batch 8, 32 and 128 and at BuildTree's own mean batch (rows per forward, measured), on the
-  same model and dtype, run just before and after BuildTree;
-- buildtree: generated tokens (rollouts + continuations) per second of whole `Engine.build_tree`
-  calls (rollouts, scoring passes, node choice, continuations, verification all included);
-- ratio = buildtree / raw tokens per second at the matched batch (and at each measured batch);
-- forwarded: the student's forwarded token positions during BuildTree vs the tree's unique tokens
-  (distinct prefixes of prompt + completions, the prompt counted once), after removing the teacher
-  passes (teacher prompt + rollout per teacher per rollout), which are reported separately.
+- ceilings: the matmul peak of this CPU in float32 and in each run's dtype (GFLOP/s of square
+  matmuls, measured here before and after the workloads, the higher kept), and the model's FLOPs per
+  token (2 x parameters), so every throughput is also a fraction of each ceiling;
+- per dtype (``--dtype float32,bfloat16`` runs both workloads in this one run, one after the other):
+  - raw: HF `model.generate` (sampling, copies of one prompt, same max_new_tokens) generated tokens
+    per second at batch 8, 32 and 128 and at BuildTree's own mean batch (rows per forward, measured),
+    on the same model and dtype, run just before and after BuildTree;
+  - buildtree: generated tokens (rollouts + continuations) per second of whole `Engine.build_tree`
+    calls (rollouts, scoring passes, node choice, continuations, verification all included);
+  - ratio = buildtree / raw tokens per second at the matched batch (and at each measured batch);
+  - forwarded: the student's forwarded token positions during BuildTree vs the tree's unique tokens
+    (distinct prefixes of prompt + completions, the prompt counted once), after removing the teacher
+    passes (teacher prompt + rollout per teacher per rollout), which are reported separately;
+- exactness, for every dtype other than float32: the student's next-token distributions in that
+  dtype vs float32 at every token of the first tree's rollouts (largest |p - p_float32|, mean KL).
 
-Usage: .venv/bin/python bench/bench_buildtree.py [--questions 2] [--rollouts 8] [--max-new-tokens 64] [--tiny DIR]
+Usage: .venv/bin/python bench/bench_buildtree.py [--questions 2] [--rollouts 8] [--max-new-tokens 64]
+           [--dtype float32[,bfloat16]] [--tiny DIR]
        .venv/bin/python bench/bench_buildtree.py --smoke   # tiny random model, seconds (CI)
 """
 
@@ -28,13 +32,22 @@ import time
 import torch
 from _common import matmul_flops, parse_args, result_path, tiny_model_dir, write_result
 
+from gradalign_engine.backends.hf import HFBackend
 from gradalign_engine.config import ModelSpec, PromptConfig, RolloutConfig, RunConfig, SamplingConfig, TeacherSpec
 from gradalign_engine.data import bundled_dataset_path, load_questions
 from gradalign_engine.pipeline import Engine
 from gradalign_engine.prompts import render_prompt
 
 NAME = "buildtree"
-SMOKE = {"questions": 1, "rollouts": 4, "max_new_tokens": 12, "continuations": 2, "nodes_per_path": 2, "batches": "2,4"}
+SMOKE = {
+    "questions": 1,
+    "rollouts": 4,
+    "max_new_tokens": 12,
+    "continuations": 2,
+    "nodes_per_path": 2,
+    "batches": "2,4",
+    "dtype": "float32,bfloat16",
+}
 
 
 def unique_tokens(tree) -> int:
@@ -85,9 +98,9 @@ def raw_generate_tps(backend, prompt: list[int], rows: int, max_new: int, temper
     return {"generated_tokens": gen_tokens, "seconds": round(seconds, 3), "tokens_per_second": gen_tokens / seconds}
 
 
-def build_config(args: argparse.Namespace, model: str) -> RunConfig:
+def build_config(args: argparse.Namespace, model: str, dtype: str | None = None) -> RunConfig:
     return RunConfig(
-        student=ModelSpec(model=model, dtype=args.dtype, device="cpu"),
+        student=ModelSpec(model=model, dtype=dtype or args.dtype.split(",")[0], device="cpu"),
         teachers=(TeacherSpec(name="correct_demo", context="correct_demo"),),
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
         rollouts=RolloutConfig(
@@ -101,8 +114,8 @@ def build_config(args: argparse.Namespace, model: str) -> RunConfig:
     )
 
 
-def measure_tree(engine: Engine, question) -> tuple[dict, float]:
-    """One timed `Engine.build_tree`: its record (forwarded positions, student / teacher; unique tokens) and seconds."""
+def measure_tree(engine: Engine, question) -> tuple[dict, float, object]:
+    """One timed `Engine.build_tree`: its record (forwarded and unique tokens), seconds, tree."""
     backend = engine.student
     before = backend.counters.snapshot()
     t0 = time.perf_counter()
@@ -129,7 +142,7 @@ def measure_tree(engine: Engine, question) -> tuple[dict, float]:
         "nodes": len(tree.nodes),
         "correct": tree.summary.correct,
     }
-    return record, seconds
+    return record, seconds, tree
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -139,7 +152,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--continuations", type=int, default=4)
     ap.add_argument("--nodes-per-path", type=int, default=4)
-    ap.add_argument("--dtype", default="float32", help="float32 or bfloat16 (the ceiling is measured in the same)")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        help="float32, bfloat16, or both comma-separated (each run's ceiling is measured in its dtype, float32 always)",
+    )
     ap.add_argument("--batches", default="8,32,128", help="raw generate batch sizes to compare with")
     ap.add_argument("--tiny", default=None, help="a tiny model directory instead of SmolLM2 (smoke runs)")
     ap.add_argument("--out", default=None, help="result file (default bench/results/buildtree.json)")
@@ -154,79 +171,138 @@ def raw_sweep(backend, prompt, batches, args, temperature) -> dict:
     return {str(b): raw_generate_tps(backend, prompt, b, args.max_new_tokens, temperature, repeats=1) for b in batches}
 
 
-def main(argv=None) -> int:
-    args = parse(argv)
-    model = args.tiny or "smollm2-135m"
-    config = build_config(args, model)
+def run_dtype(args: argparse.Namespace, model: str, dtype: str, questions) -> tuple[dict, object]:
+    """The raw `generate` sweeps and the timed trees in one dtype; returns (its record, its first tree)."""
+    config = build_config(args, model, dtype)
     engine = Engine(config)
     backend = engine.student
-    questions = load_questions(bundled_dataset_path("demo"), limit=args.questions)
     prompt0 = render_prompt(backend.tokenizer, questions[0], config.prompt)
-    square, seconds = (256, 0.5) if args.smoke else (1024, 2.0)
-    # Measured before and after the workload: this host's peak drifts; the higher one is the ceiling.
-    ceiling_before = matmul_flops(args.dtype, square, seconds) / 1e9
+    temperature = config.sampling.temperature
     flops_per_token = 2 * sum(p.numel() for p in backend.model.parameters())
-
     batches = [int(b) for b in args.batches.split(",")]
-    raw_before = raw_sweep(backend, prompt0, batches, args, config.sampling.temperature)
-    trees, built_seconds = [], 0.0
+    raw_before = raw_sweep(backend, prompt0, batches, args, temperature)
+    trees, first_tree, built_seconds = [], None, 0.0
     for q in questions:
-        record, seconds = measure_tree(engine, q)
+        record, seconds, tree = measure_tree(engine, q)
         trees.append(record)
+        first_tree = first_tree or tree
         built_seconds += seconds
         backend.clear_prefix_cache()
     keys = ("generated_tokens", "student_forwarded", "teacher_forwarded", "unique_tokens", "forward_calls")
     built = {k: sum(t[k] for t in trees) for k in keys}
     matched = max(1, round(built["generated_tokens"] / max(built["forward_calls"], 1)))
-    raw_matched = raw_generate_tps(backend, prompt0, matched, args.max_new_tokens, config.sampling.temperature, 1)
-    raw_after = raw_sweep(backend, prompt0, batches, args, config.sampling.temperature)
+    raw_matched = raw_generate_tps(backend, prompt0, matched, args.max_new_tokens, temperature, 1)
+    raw_after = raw_sweep(backend, prompt0, batches, args, temperature)
     engine.close()
-    ceiling_after = matmul_flops(args.dtype, square, seconds) / 1e9
-    ceiling = max(ceiling_before, ceiling_after)
-
     raw = {b: _combined(raw_before[b], raw_after[b]) for b in raw_before}
     tree_tps = built["generated_tokens"] / built_seconds
-    positions_per_s = (built["student_forwarded"] + built["teacher_forwarded"]) / built_seconds
-    result = {
-        "benchmark": "buildtree_vs_raw_generate",
-        "model": model,
-        "dtype": args.dtype,
-        "device": "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.platform(),
-        "settings": {k: v for k, v in vars(args).items() if k != "smoke"},
-        "ceiling": {
-            "matmul_gflops": ceiling,
-            "matmul_gflops_before": ceiling_before,
-            "matmul_gflops_after": ceiling_after,
-            "flops_per_token": flops_per_token,
-        },
+    record = {
+        "dtype": dtype,
+        "flops_per_token": flops_per_token,
         "raw_generate": {"by_batch": raw, "matched_batch": matched, "matched": raw_matched},
         "buildtree": {
             "generated_tokens": built["generated_tokens"],
             "seconds": round(built_seconds, 3),
             **{k: built[k] for k in keys[1:]},
             "tokens_per_second": tree_tps,
+            "positions_per_second": (built["student_forwarded"] + built["teacher_forwarded"]) / built_seconds,
             "mean_rows_per_forward": built["generated_tokens"] / max(built["forward_calls"], 1),
-            "fraction_of_ceiling_generated": tree_tps * flops_per_token / 1e9 / ceiling,
-            "fraction_of_ceiling_all_positions": positions_per_s * flops_per_token / 1e9 / ceiling,
         },
         "throughput_ratio_matched": tree_tps / raw_matched["tokens_per_second"],
         "throughput_ratio_by_batch": {b: tree_tps / r["tokens_per_second"] for b, r in raw.items()},
-        "raw_fraction_of_ceiling": {
-            b: r["tokens_per_second"] * flops_per_token / 1e9 / ceiling for b, r in raw.items()
-        },
         "forwarded_over_unique": built["student_forwarded"] / built["unique_tokens"],
         "trees": trees,
     }
+    return record, first_tree
+
+
+def add_fractions(record: dict, ceilings: dict, flops_per_token: int) -> None:
+    """Each throughput as a fraction of the run's own-dtype ceiling and of the float32 ceiling."""
+    built = record["buildtree"]
+    for name, ceiling in (("own_dtype", ceilings[record["dtype"]]), ("float32", ceilings["float32"])):
+        gflops = flops_per_token / 1e9 / ceiling
+        built[f"fraction_of_{name}_ceiling_all_positions"] = built["positions_per_second"] * gflops
+        built[f"fraction_of_{name}_ceiling_generated"] = built["tokens_per_second"] * gflops
+        record[f"raw_fraction_of_{name}_ceiling"] = {
+            b: r["tokens_per_second"] * gflops for b, r in record["raw_generate"]["by_batch"].items()
+        }
+
+
+def exactness(model: str, dtype: str, tree) -> dict:
+    """``dtype`` vs float32 next-token distributions of the student at every token of ``tree``'s rollouts."""
+    contexts = [tree.prompt_ids] * len(tree.rollouts)
+    completions = [r.tokens for r in tree.rollouts]
+    logp = {}
+    for d in ("float32", dtype):
+        backend = HFBackend(ModelSpec(model=model, dtype=d, device="cpu"))
+        logp[d] = torch.cat(backend.score(contexts, completions))
+        backend.close()
+    p32, p = logp["float32"].exp(), logp[dtype].exp()
+    kl = (p32 * (logp["float32"] - logp[dtype])).sum(-1)
+    return {
+        "tokens": int(p32.shape[0]),
+        "max_abs_dp": float((p - p32).abs().max()),
+        "mean_kl_float32_to_dtype": float(kl.mean()),
+        "max_kl_float32_to_dtype": float(kl.max()),
+    }
+
+
+def ceiling_fractions(record: dict) -> str:
+    built, dtype = record["buildtree"], record["dtype"]
+    own = f"{built['fraction_of_own_dtype_ceiling_all_positions']:.0%} of the {dtype} ceiling"
+    if dtype == "float32":
+        return own
+    return f"{own}, {built['fraction_of_float32_ceiling_all_positions']:.0%} of float32's"
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    model = args.tiny or "smollm2-135m"
+    dtypes = args.dtype.split(",")
+    questions = load_questions(bundled_dataset_path("demo"), limit=args.questions)
+    square, seconds = (256, 0.5) if args.smoke else (1024, 2.0)
+    ceiling_dtypes = list(dict.fromkeys(["float32", *dtypes]))
+    # Measured before and after the workloads: this host's peak drifts; the higher one is the ceiling.
+    before = {d: matmul_flops(d, square, seconds) / 1e9 for d in ceiling_dtypes}
+    runs = [run_dtype(args, model, d, questions) for d in dtypes]
+    after = {d: matmul_flops(d, square, seconds) / 1e9 for d in ceiling_dtypes}
+    ceilings = {d: max(before[d], after[d]) for d in ceiling_dtypes}
+    flops_per_token = runs[0][0]["flops_per_token"]
+    for record, _ in runs:
+        add_fractions(record, ceilings, flops_per_token)
+    first_tree = runs[0][1]
+    result = {
+        "benchmark": "buildtree_vs_raw_generate",
+        "model": model,
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.platform(),
+        "settings": {k: v for k, v in vars(args).items() if k != "smoke"},
+        "ceilings": {
+            d: {"matmul_gflops": ceilings[d], "matmul_gflops_before": before[d], "matmul_gflops_after": after[d]}
+            for d in ceiling_dtypes
+        },
+        "flops_per_token": flops_per_token,
+        "runs": {record["dtype"]: record for record, _ in runs},
+        "exactness_vs_float32": {d: exactness(model, d, first_tree) for d in dtypes if d != "float32"},
+    }
     write_result(NAME, result, args.smoke, args.out)
-    print(
-        f"ceiling {ceiling:.0f} GFLOP/s ({flops_per_token / 1e9:.2f} GFLOP/token) | BuildTree {tree_tps:.1f} tok/s "
-        f"({result['buildtree']['fraction_of_ceiling_all_positions']:.0%} of the ceiling counting every forwarded "
-        f"position) | raw generate at the matched batch {matched}: {raw_matched['tokens_per_second']:.1f} tok/s "
-        f"(ratio {result['throughput_ratio_matched']:.2f}) | by batch "
-        + ", ".join(f"{b}: {r['tokens_per_second']:.0f}" for b, r in raw.items())
-    )
+    print("ceilings " + ", ".join(f"{d} {c:.0f} GFLOP/s" for d, c in ceilings.items()), end="")
+    print(f" ({flops_per_token / 1e9:.2f} GFLOP/token)")
+    for record, _ in runs:
+        built, matched = record["buildtree"], record["raw_generate"]["matched"]
+        print(
+            f"{record['dtype']}: BuildTree {built['tokens_per_second']:.1f} tok/s "
+            f"({ceiling_fractions(record)}, counting every forwarded position) | raw generate at the matched "
+            f"batch {record['raw_generate']['matched_batch']}: "
+            f"{matched['tokens_per_second']:.1f} tok/s (ratio {record['throughput_ratio_matched']:.2f}) | by batch "
+            + ", ".join(f"{b}: {r['tokens_per_second']:.0f}" for b, r in record["raw_generate"]["by_batch"].items())
+        )
+    for d, e in result["exactness_vs_float32"].items():
+        print(
+            f"{d} vs float32 on {e['tokens']} rollout tokens: max |dp| {e['max_abs_dp']:.2e}, "
+            f"mean KL {e['mean_kl_float32_to_dtype']:.2e}"
+        )
     return 0
 
 

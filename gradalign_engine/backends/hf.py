@@ -345,7 +345,10 @@ class HFBackend:
         if cancel is not None:
             cancel.raise_if_cancelled()
         prefixes = list(dict.fromkeys(tuple(req.prefix) for req in requests))
-        start = chunk_start(prefixes, self._prefix_states(prefixes, cancel), self._head, self.model.config, self.device)
+        states = self._prefix_states(prefixes, cancel)
+        rows = sum(len(req.branches) * req.n for req in requests)
+        columns = max(len(p) for p in prefixes) + max(req.max_new_tokens for req in requests)
+        start = chunk_start(prefixes, states, self._head, self.model.config, self.device, rows, columns)
 
         def forward(ids, mask, positions, cache):
             cache, hidden, logits = self._forward(ids, mask, positions, cache, keep_last=True)

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import DynamicLayer
 
-__all__ = ["SlabLayer", "place_rows", "move_rows", "SPARE_COLUMNS"]
+__all__ = ["SlabLayer", "place_rows", "move_rows", "slab_cache", "SPARE_COLUMNS"]
 
-# Spare columns added whenever a slab fills: one growth (a copy of the cache) per this many steps.
+# Spare columns added whenever a slab without a stated capacity fills: one growth per this many steps.
 SPARE_COLUMNS = 32
 
 
@@ -28,22 +28,44 @@ class SlabLayer(DynamicLayer):
     """One layer's KV in [row capacity, heads, column capacity, dim] buffers.
 
     ``keys`` and ``values`` are views of the used rows and columns, as DynamicLayer's tensors are.
+    The buffers are uninitialised (``torch.empty``): every used row and column is written before it
+    is exposed, and pages never touched cost no memory, so a generous capacity is free until used.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, spare_columns: int = SPARE_COLUMNS):
+    def __init__(self, like: torch.Tensor, shape: tuple[int, int, int, int], row_capacity: int, column_capacity: int):
+        """Room for ``row_capacity`` x ``column_capacity``; ``shape`` (rows, heads, columns, dim) is in use.
+
+        The caller writes the used part (see :meth:`of` and :meth:`left_padded`).
+        """
         super().__init__()
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self._spare = spare_columns
-        self._rows, _, self._columns, _ = keys.shape
-        self._kbuf, self._vbuf = self._allocate(keys, self._rows, self._columns + spare_columns)
-        self._kbuf[: self._rows, :, : self._columns] = keys
-        self._vbuf[: self._rows, :, : self._columns] = values
+        self.dtype, self.device, self.is_initialized = like.dtype, like.device, True
+        self._rows, heads, self._columns, dim = shape
+        rows = max(self._rows, row_capacity)
+        columns = max(self._columns, column_capacity) if column_capacity else self._columns + SPARE_COLUMNS
+        self._kbuf = like.new_empty((rows, heads, columns, dim))
+        self._vbuf = like.new_empty((rows, heads, columns, dim))
         self._expose()
 
-    @staticmethod
-    def _allocate(like: torch.Tensor, rows: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (rows, like.shape[1], columns, like.shape[3])
-        return like.new_zeros(shape), like.new_zeros(shape)
+    @classmethod
+    def of(cls, keys: torch.Tensor, values: torch.Tensor, row_capacity: int = 0, column_capacity: int = 0):
+        """A slab holding a copy of ``keys`` and ``values`` ([rows, heads, columns, dim])."""
+        layer = cls(keys, tuple(keys.shape), row_capacity, column_capacity)
+        layer.keys.copy_(keys)
+        layer.values.copy_(values)
+        return layer
+
+    @classmethod
+    def left_padded(cls, kv: list, width: int, row_capacity: int = 0, column_capacity: int = 0):
+        """Row i holds ``kv[i]`` (keys, values [heads, n_i, dim]) in its last n_i of ``width`` columns, zeros before."""
+        heads, _, dim = kv[0][0].shape
+        layer = cls(kv[0][0], (len(kv), heads, width, dim), row_capacity, column_capacity)
+        for row, (keys, values) in enumerate(kv):
+            pad = width - keys.shape[1]
+            layer.keys[row, :, :pad] = 0  # masked, but must be finite: attention multiplies it by zero
+            layer.values[row, :, :pad] = 0
+            layer.keys[row, :, pad:] = keys
+            layer.values[row, :, pad:] = values
+        return layer
 
     def _expose(self) -> None:
         self.keys = self._kbuf[: self._rows, :, : self._columns]
@@ -51,12 +73,13 @@ class SlabLayer(DynamicLayer):
 
     def _grow(self, rows: int, columns: int) -> None:
         """Reallocate to hold at least ``rows`` x ``columns`` (with spare room), keeping the used part."""
-        cap_rows, cap_columns = self._kbuf.shape[0], self._kbuf.shape[2]
-        if rows <= cap_rows and columns <= cap_columns:
+        capacity_rows, capacity_columns = self._kbuf.shape[0], self._kbuf.shape[2]
+        if rows <= capacity_rows and columns <= capacity_columns:
             return
-        new_rows = max(rows, cap_rows) if rows <= cap_rows else max(rows, cap_rows + cap_rows // 2)
-        new_columns = cap_columns if columns <= cap_columns else columns + self._spare
-        kbuf, vbuf = self._allocate(self._kbuf, new_rows, new_columns)
+        new_rows = capacity_rows if rows <= capacity_rows else max(rows, capacity_rows * 3 // 2)
+        new_columns = capacity_columns if columns <= capacity_columns else columns + SPARE_COLUMNS
+        kbuf = self._kbuf.new_empty((new_rows, self._kbuf.shape[1], new_columns, self._kbuf.shape[3]))
+        vbuf = torch.empty_like(kbuf)
         kbuf[: self._rows, :, : self._columns] = self.keys
         vbuf[: self._rows, :, : self._columns] = self.values
         self._kbuf, self._vbuf = kbuf, vbuf
@@ -71,7 +94,10 @@ class SlabLayer(DynamicLayer):
         return self.keys, self.values
 
     def move_rows(self, rows: int, targets: torch.Tensor, sources: torch.Tensor) -> None:
-        """Resize to ``rows`` rows, row ``targets[i]`` taking a copy of old row ``sources[i]``."""
+        """Resize to ``rows`` rows, row ``targets[i]`` taking a copy of old row ``sources[i]``.
+
+        Every row at or past the old row count must be a target (:func:`place_rows` ensures it).
+        """
         self._grow(rows, self._columns)
         if len(targets):
             used = slice(0, self._columns)
@@ -114,8 +140,20 @@ def move_rows(cache, parents_by_slot: Sequence[int], device: torch.device) -> No
             layer.values = layer.values.index_select(0, gather)
 
 
-def as_slabs(cache) -> None:
-    """Replace the plain full-attention layers of ``cache`` by slabs (other layer types are kept)."""
-    for i, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
-            cache.layers[i] = SlabLayer(layer.keys, layer.values)
+def slab_cache(kv_per_prefix: list, width: int, model_config, row_capacity: int = 0, column_capacity: int = 0):
+    """A DynamicCache over left-padded prefixes (``kv_per_prefix[i][layer]`` = (keys, values) [heads, n_i, dim]).
+
+    Plain full-attention layers become slabs sized for ``row_capacity`` x ``column_capacity``, built
+    straight from the prefixes; other layer types (a sliding window, say) get a left-padded copy.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model_config)
+    for index, layer in enumerate(cache.layers):
+        kv = [prefix_kv[index] for prefix_kv in kv_per_prefix]
+        if type(layer) is DynamicLayer:
+            cache.layers[index] = SlabLayer.left_padded(kv, width, row_capacity, column_capacity)
+        else:
+            padded = SlabLayer.left_padded(kv, width)
+            layer.update(padded.keys.clone(), padded.values.clone())
+    return cache

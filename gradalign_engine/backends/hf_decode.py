@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import BranchRequest, CancelToken
-from .hf_cache import as_slabs, move_rows, place_rows
+from .hf_cache import move_rows, place_rows, slab_cache
 
 __all__ = ["RetainedStore", "ChunkDecoder", "sample_rows", "inverse_cdf"]
 
@@ -109,14 +109,18 @@ CDF_BLOCK = 256
 
 
 def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Per row, the first token whose float64 CDF exceeds ``uniform x total mass`` (zero-mass tokens never).
+    """Per row, the first token whose CDF exceeds ``uniform x total mass`` (zero-mass tokens never).
 
-    Two levels instead of one cumulative sum over the whole vocabulary (rows x 49k float64 adds per
-    step): a cumulative sum over block masses picks the block, one block's cumulative sum the token.
+    Two levels instead of one float64 cumulative sum over the whole vocabulary (rows x 49k float64
+    adds per step, the costliest part of sampling): block masses, summed in the probabilities' own
+    dtype and accumulated across blocks in float64, pick the block; one block's float64 cumulative sum
+    picks the token. Summing a block of CDF_BLOCK float32 masses in float32 moves each CDF boundary by
+    at most about 1e-6 of its block's mass, below the float32 rounding of the probabilities themselves.
     """
     rows, vocab = probs.shape
-    blocks = torch.nn.functional.pad(probs, (0, (-vocab) % CDF_BLOCK)).view(rows, -1, CDF_BLOCK)
-    block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)
+    pad = (-vocab) % CDF_BLOCK
+    blocks = (torch.nn.functional.pad(probs, (0, pad)) if pad else probs).reshape(rows, -1, CDF_BLOCK)
+    block_cdf = blocks.sum(-1).double().cumsum(-1)
     targets = uniforms * block_cdf[:, -1]
     block = torch.searchsorted(block_cdf, targets[:, None], right=True).squeeze(-1).clamp(max=block_cdf.shape[1] - 1)
     before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)[:, None]).squeeze(-1), 0.0)
@@ -278,24 +282,22 @@ class ChunkStart:
     logits: torch.Tensor  # [rows, V]
 
 
-def chunk_start(prefixes: list[tuple[int, ...]], states: list, head, model_config, device: torch.device) -> ChunkStart:
-    """Left-pad the prefixes' KV slices into one cache (``states``: per prefix, (kv per layer, hidden))."""
-    from transformers import DynamicCache
+def chunk_start(
+    prefixes: list[tuple[int, ...]],
+    states: list,
+    head,
+    model_config,
+    device: torch.device,
+    row_capacity: int = 0,
+    column_capacity: int = 0,
+) -> ChunkStart:
+    """The prefixes' KV slices left-padded into one cache (``states``: per prefix, (kv per layer, hidden)).
 
+    ``row_capacity`` and ``column_capacity`` bound the rows and columns decoding will use (logical
+    rows; widest prefix + longest decode), so that the slabs never grow.
+    """
     width = max(len(p) for p in prefixes)
-    keys, values = [], []
-    for layer in range(len(states[0][0])):
-        k0 = states[0][0][layer][0]
-        kb = k0.new_zeros((len(prefixes), k0.shape[0], width, k0.shape[2]))
-        vb = kb.clone()
-        for i, (kv, _) in enumerate(states):
-            n = kv[layer][0].shape[1]
-            kb[i, :, width - n :, :] = kv[layer][0]
-            vb[i, :, width - n :, :] = kv[layer][1]
-        keys.append(kb)
-        values.append(vb)
-    cache = DynamicCache(ddp_cache_data=list(zip(keys, values)), config=model_config)
-    as_slabs(cache)
+    cache = slab_cache([kv for kv, _ in states], width, model_config, row_capacity, column_capacity)
     mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=device)
     for i, p in enumerate(prefixes):
         mask[i, width - len(p) :] = 1
