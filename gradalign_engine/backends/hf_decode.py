@@ -83,7 +83,8 @@ def sample_rows(
     logits = logits.index_select(0, torch.tensor(phys, device=logits.device))
     if temperature == 0:
         return logits.argmax(-1).tolist()
-    logits = logits / temperature
+    if temperature != 1.0:  # a copy of rows x vocabulary: skipped at the default temperature
+        logits = logits / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
