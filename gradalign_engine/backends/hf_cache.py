@@ -29,7 +29,8 @@ class SlabLayer(DynamicLayer):
 
     ``keys`` and ``values`` are views of the used rows and columns, as DynamicLayer's tensors are.
     The buffers are uninitialised (``torch.empty``): every used row and column is written before it
-    is exposed, and pages never touched cost no memory, so a generous capacity is free until used.
+    is exposed. On the CPU, pages never touched cost no memory; on a GPU the whole capacity is
+    allocated at once, and the decoder's capacity stays within the chunk's max_batch_tokens budget.
     """
 
     def __init__(self, like: torch.Tensor, shape: tuple[int, int, int, int], row_capacity: int, column_capacity: int):
