@@ -3,22 +3,28 @@
 - ``place_rows`` / ``move_rows`` against a plain gather of every row (random trees of splits and ends);
 - ``inverse_cdf`` (two-level search) against one float64 cumulative sum over the whole vocabulary (equal up to
   float32 rounding of block masses);
+- ``shared_prefix_attention`` (the shared prefix attended once, merged by log-sum-exp) against SDPA over
+  each row's whole KV;
 - a whole decode with many splits and finishing rows: every retained hidden state equals a fresh,
-  uncached forward of that sequence (so each step's KV was in the right slot).
+  uncached forward of that sequence (so each step's KV was in the right slot), and so does a second
+  decode that continues from kept sequences (so the kept KV, shared prefix included, is right).
 """
 
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 from gradalign_engine.backends import BranchRequest
 from gradalign_engine.backends.hf import HFBackend
+from gradalign_engine.backends.hf_attention import shared_prefix_attention
 from gradalign_engine.backends.hf_cache import SlabLayer, move_rows, place_rows
-from gradalign_engine.backends.hf_decode import CDF_BLOCK, inverse_cdf
+from gradalign_engine.backends.hf_decode import CDF_BLOCK, inverse_cdf, shared_length
 from gradalign_engine.config import ModelSpec
 
 
@@ -118,6 +124,50 @@ def test_inverse_cdf_never_draws_a_zero_mass_token_at_block_edges():
     assert inverse_cdf(probs, uniforms).tolist() == [3, 3, CDF_BLOCK + 5, CDF_BLOCK + 5]
 
 
+def test_shared_length_is_the_longest_common_prefix():
+    rng = random.Random(6)
+    for _ in range(200):
+        stem = tuple(rng.randrange(3) for _ in range(rng.randrange(6)))
+        prefixes = [stem + tuple(rng.randrange(3) for _ in range(rng.randrange(4))) for _ in range(rng.randrange(1, 5))]
+        brute = max(n for n in range(min(map(len, prefixes)) + 1) if len({p[:n] for p in prefixes}) == 1)
+        assert shared_length(prefixes) == brute, prefixes
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_shared_prefix_attention_equals_attention_over_each_rows_whole_kv(groups):
+    torch.manual_seed(5)
+    rows, kv_heads, dim, shared, own = 7, 2, 16, 9, 5
+    query = torch.randn(rows, kv_heads * groups, 1, dim)
+    shared_kv = (torch.randn(kv_heads, shared, dim), torch.randn(kv_heads, shared, dim))
+    keys, values = torch.randn(rows, kv_heads, own, dim), torch.randn(rows, kv_heads, own, dim)
+    visible = torch.ones(rows, 1, 1, own, dtype=torch.bool)
+    for row in range(rows):
+        visible[row, ..., : row % own] = False  # left padding of the rows' own columns
+    module = SimpleNamespace(layer_idx=0, num_key_value_groups=groups, is_causal=True)
+    got, _ = shared_prefix_attention(module, query, keys, values, visible, scaling=0.3, shared_prefix=[shared_kv])
+    whole_k = torch.cat([shared_kv[0].expand(rows, -1, -1, -1), keys], 2).repeat_interleave(groups, 1)
+    whole_v = torch.cat([shared_kv[1].expand(rows, -1, -1, -1), values], 2).repeat_interleave(groups, 1)
+    mask = torch.cat([torch.ones(rows, 1, 1, shared, dtype=torch.bool), visible], -1)
+    expect = F.scaled_dot_product_attention(query, whole_k, whole_v, attn_mask=mask, scale=0.3).transpose(1, 2)
+    assert got.shape == expect.shape
+    assert torch.allclose(got, expect, atol=1e-6), float((got - expect).abs().max())
+
+
+def _assert_kept_hiddens_equal_fresh_forwards(backend, sequences) -> int:
+    checked = 0
+    for context, completion in sequences:
+        kept = backend._retained.hidden_for(context, completion)
+        if kept is None:  # two rows sampled the same sequence: kept once
+            continue
+        ids = torch.tensor([list(context) + list(completion)])
+        with torch.inference_mode():
+            fresh = backend._decoder(input_ids=ids).last_hidden_state[0]
+        n = len(completion)
+        assert torch.allclose(kept, fresh[len(context) - 1 : len(context) - 1 + n], atol=1e-5), (context, completion)
+        checked += 1
+    return checked
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_every_retained_hidden_state_equals_a_fresh_forward(tiny_model_dir, seed):
     backend = HFBackend(ModelSpec(model=str(tiny_model_dir), device="cpu"))
@@ -132,15 +182,15 @@ def test_every_retained_hidden_state_equals_a_fresh_forward(tiny_model_dir, seed
     sequences += [(requests[1].prefix + (requests[1].forced[i // 3],), s) for i, s in enumerate(out[1])]
     assert len({tuple(s) for _, s in sequences}) > 6  # rows split, and finish at different steps
     assert len({len(s) for _, s in sequences}) > 2
-    checked = 0
-    for context, completion in sequences:
-        kept = backend._retained.hidden_for(context, completion)
-        if kept is None:  # two rows sampled the same sequence: kept once
-            continue
-        ids = torch.tensor([list(context) + list(completion)])
-        with torch.inference_mode():
-            fresh = backend._decoder(input_ids=ids).last_hidden_state[0]
-        n = len(completion)
-        assert torch.allclose(kept, fresh[len(context) - 1 : len(context) - 1 + n], atol=1e-5), (context, completion)
-        checked += 1
-    assert checked >= 6
+    assert backend._shared_prefix_attention  # the decode attended to the shared prefix once
+    assert _assert_kept_hiddens_equal_fresh_forwards(backend, sequences) >= 6
+    # Continue from kept sequences: their prefixes' KV now comes from the store, not from a prefill.
+    continued = [
+        BranchRequest(prefix=tuple(context) + tuple(completion[:3]), n=2, max_new_tokens=10, seed=seed + 1)
+        for context, completion in sequences[:4]
+        if len(completion) > 4
+    ]
+    assert continued
+    out = backend.generate(continued, temperature=1.5, retain=True)
+    again = [(req.prefix, s) for req, samples in zip(continued, out) for s in samples]
+    assert _assert_kept_hiddens_equal_fresh_forwards(backend, again) >= 2

@@ -19,6 +19,7 @@ import torch
 from ..config import ModelSpec
 from ..errors import ConfigError
 from ..models import model_digest, resolve_model, tensor_digest, tokenizer_fingerprint
+from . import hf_attention
 from .base import BranchRequest, CancelToken, ModelInfo, WorkCounters
 from .hf_decode import ChunkDecoder, RetainedStore, chunk_start
 
@@ -62,6 +63,8 @@ class HFBackend:
             kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
             model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=self.dtype, **kwargs)
         self.model = model.to(self.device, dtype=self.dtype).eval()
+        # Decoding steps attend to the prefix every row shares once, not once per row (CPU, SDPA models).
+        self._shared_prefix_attention = hf_attention.install(self.model)
         self.tokenizer = tokenizer
         self.counters = WorkCounters()
         eos = set()
@@ -243,10 +246,14 @@ class HFBackend:
             chunk = [idx] if idx is not None else []
         return results
 
-    def _forward(self, ids, mask, positions, cache, keep_last: bool):
-        """Decoder forward; returns (cache, final hidden states [rows, kept, H], logits of the last position)."""
+    def _forward(self, ids, mask, positions, cache, keep_last: bool, shared=None):
+        """Decoder forward; returns (cache, final hidden states [rows, kept, H], logits of the last position).
+
+        ``shared``: the KV of tokens before the cache's columns, for shared-prefix attention.
+        """
+        extra = {"shared_prefix": shared} if shared is not None else {}
         out = self._decoder(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **extra
         )
         hidden = out.last_hidden_state
         if keep_last:
@@ -348,10 +355,12 @@ class HFBackend:
         states = self._prefix_states(prefixes, cancel)
         rows = sum(len(req.branches) * req.n for req in requests)
         columns = max(len(p) for p in prefixes) + max(req.max_new_tokens for req in requests)
-        start = chunk_start(prefixes, states, self._head, self.model.config, self.device, rows, columns)
+        start = chunk_start(
+            prefixes, states, self._head, self.model.config, self.device, rows, columns, self._shared_prefix_attention
+        )
 
         def forward(ids, mask, positions, cache):
-            cache, hidden, logits = self._forward(ids, mask, positions, cache, keep_last=True)
+            cache, hidden, logits = self._forward(ids, mask, positions, cache, keep_last=True, shared=start.shared)
             return cache, hidden[:, -1, :], logits
 
         decoder = ChunkDecoder(forward, self.counters, self._eos, self.device, self._retained if retain else None)

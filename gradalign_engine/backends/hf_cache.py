@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import DynamicLayer
 
-__all__ = ["SlabLayer", "place_rows", "move_rows", "slab_cache", "SPARE_COLUMNS"]
+__all__ = ["SlabLayer", "place_rows", "move_rows", "slab_cache", "full_attention_only", "SPARE_COLUMNS"]
 
 # Spare columns added whenever a slab without a stated capacity fills: one growth per this many steps.
 SPARE_COLUMNS = 32
@@ -158,3 +158,10 @@ def slab_cache(kv_per_prefix: list, width: int, model_config, row_capacity: int 
             padded = SlabLayer.left_padded(kv, width)
             layer.update(padded.keys.clone(), padded.values.clone())
     return cache
+
+
+def full_attention_only(model_config) -> bool:
+    """Whether every layer of a cache for ``model_config`` is plain full attention (no sliding window)."""
+    from transformers import DynamicCache
+
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model_config).layers)

@@ -14,6 +14,7 @@ Knows tensors and a transformers DynamicCache; knows nothing of trees or teacher
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import BranchRequest, CancelToken
-from .hf_cache import move_rows, place_rows, slab_cache
+from .hf_cache import full_attention_only, move_rows, place_rows, slab_cache
 
 __all__ = ["RetainedStore", "ChunkDecoder", "sample_rows", "inverse_cdf"]
 
@@ -171,7 +172,9 @@ class ChunkDecoder:
         """Decode every row of ``requests``; ``finished(n)`` after each step with the rows done so far."""
         rows = self._rows(requests, start.row_of)
         gens = [torch.Generator(device="cpu").manual_seed(int(req.seed) % (2**63)) for req in requests]
-        cache, mask, next_pos, hidden, logits = start.cache, start.mask, start.mask.sum(-1), start.hidden, start.logits
+        cache, mask, hidden, logits = start.cache, start.mask, start.hidden, start.logits
+        next_pos = mask.sum(-1) + start.shared_length
+        self._shared = start.shared
         active = [r for r in range(len(rows.request)) if not self._ended_before_sampling(rows, r)]
         while active:
             if cancel is not None:
@@ -245,11 +248,11 @@ class ChunkDecoder:
             phys, prefix = rows.phys[r], tuple(requests[rows.request[r]].prefix)
             if rows.forced[r] is not None:  # the sequence runs through the forced token
                 prefix += (rows.forced[r],)
-            valid = mask[phys].bool()
-            kv = [
-                (layer.keys[phys][:, valid, :].clone(), layer.values[phys][:, valid, :].clone())
-                for layer in cache.layers
-            ]
+            own = slice(mask.shape[1] - int(mask[phys].sum()), None)  # a row's valid columns are its last ones
+            kv = [(layer.keys[phys][:, own, :], layer.values[phys][:, own, :]) for layer in cache.layers]
+            if self._shared is not None:
+                kv = [(torch.cat([sk, k], 1), torch.cat([sv, v], 1)) for (sk, sv), (k, v) in zip(self._shared, kv)]
+            kv = [(k.clone(), v.clone()) for k, v in kv]
             hiddens = torch.stack(rows.hiddens[r]) if rows.hiddens[r] else None
             self.retained.add(prefix + tuple(generated), len(prefix), kv, hiddens)
         return True
@@ -277,10 +280,17 @@ class ChunkStart:
     """The state decoding starts from: one physical row per distinct prefix."""
 
     row_of: dict[tuple[int, ...], int]  # prefix -> its physical row
-    cache: object  # a DynamicCache over the left-padded prefixes
-    mask: torch.Tensor  # [rows, width] attention mask
+    cache: object  # a DynamicCache over the left-padded prefixes, after their shared first tokens
+    mask: torch.Tensor  # [rows, width] attention mask over the cache's columns
     hidden: torch.Tensor  # [rows, H]: the hidden state predicting each row's next token
     logits: torch.Tensor  # [rows, V]
+    shared: list | None = None  # per layer, (keys, values) [kv heads, P, dim] of the tokens every prefix starts with
+    shared_length: int = 0  # P; the cache holds each row's columns after them
+
+
+def shared_length(prefixes: list[tuple[int, ...]]) -> int:
+    """Length of the longest common prefix of ``prefixes`` (``os.path.commonprefix`` works on any sequences)."""
+    return len(os.path.commonprefix(prefixes))
 
 
 def chunk_start(
@@ -291,16 +301,26 @@ def chunk_start(
     device: torch.device,
     row_capacity: int = 0,
     column_capacity: int = 0,
+    share_prefix: bool = False,
 ) -> ChunkStart:
     """The prefixes' KV slices left-padded into one cache (``states``: per prefix, (kv per layer, hidden)).
 
     ``row_capacity`` and ``column_capacity`` bound the rows and columns decoding will use (logical
-    rows; widest prefix + longest decode), so that the slabs never grow.
+    rows; widest prefix + longest decode), so that the slabs never grow. With ``share_prefix`` (the
+    model runs shared-prefix attention, :mod:`.hf_attention`), the tokens every prefix starts with are
+    held once, outside the cache.
     """
-    width = max(len(p) for p in prefixes)
-    cache = slab_cache([kv for kv, _ in states], width, model_config, row_capacity, column_capacity)
+    shared, length = None, 0
+    if share_prefix and full_attention_only(model_config):
+        length = shared_length(prefixes)
+    if length:
+        shared = [(k[:, :length].contiguous(), v[:, :length].contiguous()) for k, v in states[0][0]]
+        states = [([(k[:, length:], v[:, length:]) for k, v in kv], hidden) for kv, hidden in states]
+    width = max(len(p) for p in prefixes) - length
+    cache = slab_cache([kv for kv, _ in states], width, model_config, row_capacity, max(column_capacity - length, 0))
     mask = torch.zeros((len(prefixes), width), dtype=torch.long, device=device)
     for i, p in enumerate(prefixes):
-        mask[i, width - len(p) :] = 1
+        mask[i, width - (len(p) - length) :] = 1
     hidden = torch.stack([h for _, h in states])
-    return ChunkStart({p: i for i, p in enumerate(prefixes)}, cache, mask, hidden, head(hidden).float())
+    logits = head(hidden).float()
+    return ChunkStart({p: i for i, p in enumerate(prefixes)}, cache, mask, hidden, logits, shared, length)
