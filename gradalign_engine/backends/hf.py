@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..models import model_digest, resolve_model, tensor_digest, tokenizer_fingerprint
 from . import hf_attention
 from .base import BranchRequest, CancelToken, ModelInfo, WorkCounters
+from .hf_cache import full_attention_only
 from .hf_decode import ChunkDecoder, RetainedStore, chunk_start
 
 __all__ = ["HFBackend", "resolve_device", "resolve_dtype"]
@@ -63,8 +64,9 @@ class HFBackend:
             kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
             model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=self.dtype, **kwargs)
         self.model = model.to(self.device, dtype=self.dtype).eval()
-        # Decoding steps attend to the prefix every row shares once, not once per row (CPU, SDPA models).
-        self._shared_prefix_attention = hf_attention.install(self.model)
+        # Decoding steps attend to the prefix every row shares once, not once per row (CPU, SDPA models
+        # whose layers are all full attention: a sliding window cannot hold a prefix outside it).
+        self._shared_prefix_attention = full_attention_only(self.model.config) and hf_attention.install(self.model)
         self.tokenizer = tokenizer
         self.counters = WorkCounters()
         eos = set()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import BranchRequest, CancelToken
-from .hf_cache import full_attention_only, move_rows, place_rows, slab_cache
+from .hf_cache import move_rows, place_rows, slab_cache
 
 __all__ = ["RetainedStore", "ChunkDecoder", "sample_rows", "inverse_cdf"]
 
@@ -250,9 +250,10 @@ class ChunkDecoder:
                 prefix += (rows.forced[r],)
             own = slice(mask.shape[1] - int(mask[phys].sum()), None)  # a row's valid columns are its last ones
             kv = [(layer.keys[phys][:, own, :], layer.values[phys][:, own, :]) for layer in cache.layers]
-            if self._shared is not None:
+            if self._shared is not None:  # cat copies, as clone would
                 kv = [(torch.cat([sk, k], 1), torch.cat([sv, v], 1)) for (sk, sv), (k, v) in zip(self._shared, kv)]
-            kv = [(k.clone(), v.clone()) for k, v in kv]
+            else:
+                kv = [(k.clone(), v.clone()) for k, v in kv]
             hiddens = torch.stack(rows.hiddens[r]) if rows.hiddens[r] else None
             self.retained.add(prefix + tuple(generated), len(prefix), kv, hiddens)
         return True
@@ -307,11 +308,11 @@ def chunk_start(
 
     ``row_capacity`` and ``column_capacity`` bound the rows and columns decoding will use (logical
     rows; widest prefix + longest decode), so that the slabs never grow. With ``share_prefix`` (the
-    model runs shared-prefix attention, :mod:`.hf_attention`), the tokens every prefix starts with are
-    held once, outside the cache.
+    model runs shared-prefix attention, :mod:`.hf_attention`, and has only full-attention layers), the
+    tokens every prefix starts with are held once, outside the cache.
     """
     shared, length = None, 0
-    if share_prefix and full_attention_only(model_config):
+    if share_prefix:
         length = shared_length(prefixes)
     if length:
         shared = [(k[:, :length].contiguous(), v[:, :length].contiguous()) for k, v in states[0][0]]
